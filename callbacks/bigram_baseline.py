@@ -1,0 +1,47 @@
+"""Fit a bigram model on the training tokens and log its validation loss beside the model's.
+
+A language model that cannot beat ``baseline/bigram_val_loss`` has learned nothing beyond
+adjacent-token statistics; train() prints the comparison at the end of every run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_models.baselines import bigram_cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+class BigramBaseline(Callback):
+    """Needs a datamodule with ``train_tokens()``, ``splits["val"]`` (a PackedDataset) and
+    ``vocab_size``; otherwise it logs why it was skipped and does nothing."""
+
+    def __init__(self) -> None:
+        self.val_loss: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"val_loss": self.val_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.val_loss = state.get("val_loss")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if self.val_loss is None:
+            if not (hasattr(dm, "train_tokens") and "val" in getattr(dm, "splits", {})):
+                log.warning("BigramBaseline: datamodule has no train_tokens()/splits['val']; skipped")
+                return
+            val = dm.splits["val"]
+            stream = val.tokens[: val.n_blocks * val.block_size + 1]
+            self.val_loss, alpha = bigram_cross_entropy(
+                dm.train_tokens(), stream[:-1], stream[1:], dm.vocab_size
+            )
+            log.info(f"Bigram baseline (add-{alpha:g} smoothing): val loss {self.val_loss:.4f} nats/token")
+        trainer.callback_metrics["baseline/bigram_val_loss"] = torch.tensor(self.val_loss)
+        for lg in trainer.loggers:
+            lg.log_metrics({"baseline/bigram_val_loss": self.val_loss}, step=trainer.global_step)

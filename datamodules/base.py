@@ -1,0 +1,122 @@
+"""Shared pieces of token datamodules: packed datasets and a resumable, rank-aware loader.
+
+Lightning restores a dataloader's position mid-epoch only if the loader implements
+``state_dict``/``load_state_dict`` (its ``_Stateful`` protocol). ``ResumableDataLoader`` does,
+so ``ckpt_path=...`` continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class PackedDataset(Dataset):
+    """Non-overlapping blocks of a 1-D token stream: ``labels`` are ``input_ids`` shifted by one."""
+
+    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
+        if tokens.dim() != 1:
+            raise ValueError("PackedDataset expects a 1-D token stream")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.n_blocks = (tokens.numel() - 1) // block_size
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start = i * self.block_size
+        chunk = self.tokens[start : start + self.block_size + 1].long()
+        return {
+            "input_ids": chunk[:-1],
+            "labels": chunk[1:],
+            "attention_mask": torch.ones(self.block_size, dtype=torch.long),
+        }
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded permutation per epoch (a pure function of seed and epoch), sharded by rank.
+
+    ``skip(n)`` makes the next iteration start after the first ``n`` indices of this rank.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, n: int) -> None:
+        self._skip = n
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        per_rank = -(-self.num_samples // self.world_size)
+        order += order[: per_rank * self.world_size - len(order)]  # pad so ranks stay in step
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self._indices()[self._skip :]
+        self._skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.world_size)
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader that records how many batches it handed out this epoch (Lightning ``_Stateful``).
+
+    Lightning does not prefetch from sized loaders, so the count equals batches trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_yielded = 0
+        self._pending: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.sampler
+        start = 0
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            if isinstance(sampler, ResumableSampler) and state["epoch"] == sampler.epoch:
+                start = state["batches"]
+                sampler.skip(start * self.batch_size)
+            else:
+                warnings.warn(
+                    f"dataloader state (epoch {state['epoch']}) does not match the current epoch; "
+                    "starting the epoch from its first batch",
+                    stacklevel=2,
+                )
+        self._batches_yielded = start
+        for batch in super().__iter__():
+            self._batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        return {"epoch": epoch, "batches": self._batches_yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._pending = dict(state)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A private generator for a DataLoader, so creating its iterator never draws from the
+    global RNG (which would make dropout differ between a resumed and an uninterrupted run)."""
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,126 @@
+"""Platform overhead: the same GPT, data and steps through the platform's Trainer and through a
+minimal hand-written PyTorch loop, alternated in one process; the ratio is the last line.
+
+    python -m experiments.bench.overhead [--steps 150] [--warmup 20] [--rounds 2] [-- overrides]
+
+The platform run is the real one (``experiments.train.train`` with W&B offline + CSV loggers,
+checkpointing, LR monitor, throughput monitor, progress bar); validation/test are switched off
+so both sides do the same work. Only steps after ``--warmup`` are timed on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments.train import train
+from lit_models.archs import build_arch
+from lit_models.optim import build_optimizer, warmup_cosine
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.t1, self.tokens = warmup, 0.0, 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > self.warmup:
+            self.tokens += batch["input_ids"].numel()
+            self.t1 = time.perf_counter()
+
+
+def compose_cfg(out: Path, steps: int, overrides: list[str]):
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            "experiment=smoke", f"trainer.max_steps={steps}", "trainer.max_time=null",
+            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
+            "extras.print_config=false", *overrides,
+        ])
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.runtime.cwd = str(out)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def platform_run(cfg, warmup: int) -> float:
+    """Train through the platform with a StepTimer added as one more configured callback."""
+    with open_dict(cfg):
+        cfg.callbacks.step_timer = {"_target_": f"{__name__}.StepTimer", "warmup": warmup}
+    _, objects = train(cfg)
+    timer = next(c for c in objects["callbacks"] if isinstance(c, StepTimer))
+    return timer.tokens / (timer.t1 - timer.t0)
+
+
+def bare_run(cfg, datamodule, steps: int, warmup: int) -> float:
+    """The minimal loop: forward, CE, backward, clip, AdamW step, LR schedule step."""
+    L.seed_everything(cfg.seed)
+    m = cfg.model
+    net = build_arch(m.arch, {**m.arch_config, "vocab_size": datamodule.vocab_size})
+    opt = build_optimizer(net, **m.optimizer)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, m.scheduler.warmup_steps, steps, m.scheduler.min_lr_ratio))
+    net.train()
+    step, tokens, t0 = 0, 0, 0.0
+    while step < steps:
+        for batch in datamodule.train_dataloader():
+            if step == warmup:
+                t0 = time.perf_counter()
+            logits, _ = net(batch["input_ids"])
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.trainer.gradient_clip_val)
+            opt.step()
+            sched.step()
+            step += 1
+            if step > warmup:
+                tokens += batch["input_ids"].numel()
+            if step == steps:
+                break
+    return tokens / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sides")
+    args = parser.parse_args()
+    steps = args.steps + args.warmup
+    platform, bare = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            cfg = compose_cfg(Path(tmp) / f"platform{r}", steps, args.overrides)
+            platform.append(platform_run(cfg, args.warmup))
+            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+            dm.prepare_data()
+            dm.setup("fit")
+            bare.append(bare_run(cfg, dm, steps, args.warmup))
+            print(f"round {r}: platform {platform[-1]:,.0f} tokens/s, bare loop {bare[-1]:,.0f} tokens/s")
+    p, b = statistics.median(platform), statistics.median(bare)
+    print(f"threads={torch.get_num_threads()} steps={args.steps} (after {args.warmup} warm-up) "
+          f"rounds={args.rounds}")
+    print(f"platform {p:,.0f} tokens/s | bare loop {b:,.0f} tokens/s | platform/bare = {p / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Evaluate a checkpoint: ``python -m experiments.evaluate ckpt_path=<file> [data=<name> ...]``.
+
+Prints and logs validation and test loss, perplexity and bits per character. The data config
+and tokenizer stored in the checkpoint are used unless ``data=...`` is given; the tokenizer
+always comes from the checkpoint (a model is only meaningful with the tokenizer it was trained on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments.utils import (
+    apply_extras,
+    instantiate_group,
+    load_checkpoint,
+    load_module,
+    log_hyperparameters,
+    platform_meta,
+    task_wrapper,
+)
+
+log = logging.getLogger("experiments.evaluate")
+
+
+def _print_table(metrics: dict[str, float], ckpt_path: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Evaluation of {ckpt_path}")
+    for column in ("metric", "validation", "test"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    names = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(("val/", "test/"))})
+    for name in names:
+        row = [metrics.get(f"{stage}/{name}") for stage in ("val", "test")]
+        table.add_row(name, *("-" if v is None else f"{v:.4f}" for v in row))
+    Console().print(table)
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    meta = platform_meta(ckpt, cfg.ckpt_path)
+    data_cfg = cfg.get("data") or OmegaConf.create(meta["config"]["data"])
+    if meta.get("tokenizer") and data_cfg.get("tokenizer") != meta["tokenizer"]:
+        log.warning(f"Using the checkpoint's tokenizer {meta['tokenizer']} instead of {data_cfg.get('tokenizer')}")
+    apply_extras(cfg)
+    datamodule = hydra.utils.instantiate(data_cfg, tokenizer=meta["tokenizer"], _convert_="all")
+    model = load_module(ckpt, meta)
+    del ckpt
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[])
+    log_hyperparameters(cfg, model, loggers)
+
+    metrics: dict[str, float] = {}
+    for run in (trainer.validate, trainer.test):
+        for result in run(model, datamodule=datamodule):
+            metrics.update({k: float(v) for k, v in result.items()})
+    _print_table(metrics, cfg.ckpt_path)
+    return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Train any experiment: ``python -m experiments.train experiment=smoke [overrides]``.
+
+``train(cfg)`` seeds, builds datamodule/model/callbacks/loggers/trainer from config, fits,
+optionally tests, and returns ``(metrics, objects)``; ``main`` returns ``optimized_metric``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from callbacks.run_metadata import RunMetadata
+from experiments.utils import (
+    apply_extras,
+    find_last_checkpoint,
+    git_commit,
+    instantiate_group,
+    load_checkpoint,
+    log_hyperparameters,
+    metric_value,
+    set_in,
+    task_wrapper,
+    wandb_loggers,
+)
+
+log = logging.getLogger("experiments.train")
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` if given; with ``resume=auto`` the newest last.ckpt of this experiment."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    resume = cfg.get("resume")
+    if resume in (None, False, "never"):
+        return None
+    if resume != "auto":
+        raise ValueError(f"resume must be null or 'auto', got {resume!r} (use ckpt_path=<file>)")
+    run_root = Path(cfg.paths.log_dir) / cfg.task_name / cfg.run_name
+    found = find_last_checkpoint(run_root)
+    log.info(f"resume=auto: {'resuming from ' + str(found) if found else 'no last.ckpt under ' + str(run_root) + ', starting fresh'}")
+    return str(found) if found else None
+
+
+def _log_checkpoint_artifact(trainer: L.Trainer, path: str) -> None:
+    """Attach the final checkpoint to the W&B run as a model artifact (synced with the run).
+
+    Lightning's ``WandbLogger(log_model=...)`` refuses offline mode, which is our default, so
+    the artifact is logged on the logger's run object directly.
+    """
+    import wandb
+
+    for lg in wandb_loggers(trainer.loggers):
+        artifact = wandb.Artifact(name=f"model-{lg.version}", type="model")
+        artifact.add_file(path, name=Path(path).name)
+        lg.experiment.log_artifact(artifact, aliases=["latest", "final"])
+        log.info(f"Logged checkpoint {path} as W&B artifact model-{lg.version}")
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    ckpt_path = resolve_ckpt_path(cfg)
+    meta = load_checkpoint(ckpt_path).get("platform", {}) if ckpt_path else {}
+
+    log.info(f"Instantiating datamodule <{cfg.data._target_}>")
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if cfg.model.arch_config.get("vocab_size") is None:
+        set_in(cfg, "model.arch_config.vocab_size", datamodule.vocab_size)
+    if meta.get("wandb_run_id") and "wandb" in (cfg.get("logger") or {}):
+        set_in(cfg, "logger.wandb.id", meta["wandb_run_id"])  # continue the same W&B run
+        set_in(cfg, "logger.wandb.resume", "allow")
+    apply_extras(cfg)
+
+    log.info(f"Instantiating model <{cfg.model._target_}> ({cfg.model.arch})")
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    callbacks.append(RunMetadata(OmegaConf.to_container(cfg, resolve=True), git_commit()))
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    log_hyperparameters(cfg, model, loggers)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "callbacks": callbacks,
+               "loggers": loggers, "trainer": trainer}
+
+    if cfg.get("train", True):
+        log.info(f"Starting training{' from ' + ckpt_path if ckpt_path else ''}")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        log.info(f"Starting testing ({'best checkpoint ' + best if best else 'current weights'})")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("log_checkpoint_artifact") and trainer.checkpoint_callback:
+        final = trainer.checkpoint_callback.last_model_path or best
+        if final:
+            _log_checkpoint_artifact(trainer, final)
+    _print_summary(metrics, best)
+    return metrics, objects
+
+
+def _print_summary(metrics: dict[str, float], best: str) -> None:
+    lines = [f"{k} = {metrics[k]:.4f}" for k in sorted(metrics) if k.split("/")[0] in ("val", "test", "baseline")]
+    if "val/loss" in metrics and "baseline/bigram_val_loss" in metrics:
+        gap = metrics["baseline/bigram_val_loss"] - metrics["val/loss"]
+        verdict = "beats" if gap > 0 else "does NOT beat"
+        lines.append(f"model {verdict} the bigram baseline on validation by {gap:+.4f} nats/token")
+    if best:
+        lines.append(f"best checkpoint: {best}")
+    log.info("Final metrics:\n  " + "\n  ".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except Exception:
+        # In a sweep, one failed trial (e.g. out of memory) scores worst instead of killing it.
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.exception("Trial failed; returning a worst-case score")
+            return math.inf
+        raise
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

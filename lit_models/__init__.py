@@ -1,0 +1,1 @@
+"""Models: plain nn.Module blocks (components/), architectures (archs/) and LightningModules."""

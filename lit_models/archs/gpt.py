@@ -1,0 +1,144 @@
+"""GPT baseline: pre-LN causal transformer (nanoGPT/litgpt style), one readable file.
+
+Switches: learned or rotary positions, QK-norm attention, tied input/output embeddings.
+Attention runs on PyTorch SDPA; a KV cache serves generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_models.archs.registry import register
+from lit_models.components import MLP, Block, CausalSelfAttention, KVCache, RotaryEmbedding
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    bias: bool = True
+    pos_embedding: str = "learned"  # "learned" | "rope"
+    rope_base: float = 10000.0
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{key} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
+            )
+        if self.pos_embedding not in ("learned", "rope"):
+            raise ValueError(
+                f"GPTConfig.pos_embedding must be 'learned' or 'rope', got {self.pos_embedding!r}"
+            )
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig: rotary positions need an even head dim, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"GPTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_ratio * self.n_embd)
+
+
+@register("gpt", GPTConfig)
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.pos_embedding == "learned" else None
+        rope = (
+            RotaryEmbedding(c.head_dim, c.block_size, c.rope_base)
+            if c.pos_embedding == "rope" else None
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                c.n_embd,
+                CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope),
+                MLP(c.n_embd, c.mlp_hidden, c.dropout, c.bias),
+                bias=c.bias,
+            )
+            for _ in range(c.n_layer)
+        )
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` drops position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(
+        self, idx: torch.Tensor, start_pos: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (B, T, vocab) and the (empty) dict of regularizer terms.
+
+        ``start_pos`` switches to cached decoding: ``idx`` holds tokens at absolute positions
+        ``start_pos..start_pos+T-1`` and keys/values are appended to the KV cache.
+        """
+        t = idx.size(1)
+        pos0 = start_pos or 0
+        if pos0 + t > self.config.block_size:
+            raise ValueError(
+                f"sequence of {pos0 + t} tokens exceeds block_size={self.config.block_size}"
+            )
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + t, device=idx.device))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, start_pos=start_pos)
+        return self.lm_head(self.ln_f(x)), {}
+
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
+                       device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        max_len = max_len or self.config.block_size
+        weight = self.wte.weight
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(
+                batch_size, self.config.n_head, max_len, self.config.head_dim,
+                device=device or weight.device, dtype=dtype or weight.dtype,
+            )
+
+    def clear_kv_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None

@@ -1,0 +1,57 @@
+"""Architecture registry: a name maps to its (Config dataclass, nn.Module) pair.
+
+A token architecture's module takes only its config and implements
+``forward(idx, start_pos=None) -> (logits, aux_losses)`` where ``aux_losses`` is a dict of named
+regularizer terms (empty for plain models), plus ``setup_kv_cache`` / ``clear_kv_cache`` for
+generation. The LightningModule builds it from the name and a plain dict of config values,
+so checkpoints hold only primitives and load without Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {}
+
+
+def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: ``@register("gpt", GPTConfig)`` on the module class."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"config for architecture {name!r} must be a dataclass")
+
+    def wrap(module_cls: type[nn.Module]) -> type[nn.Module]:
+        if name in ARCHITECTURES and ARCHITECTURES[name][1] is not module_cls:
+            raise ValueError(f"architecture {name!r} is already registered")
+        ARCHITECTURES[name] = (config_cls, module_cls)
+        return module_cls
+
+    return wrap
+
+
+def _lookup(name: str) -> tuple[type, type[nn.Module]]:
+    if name not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def make_config(name: str, values: Mapping[str, Any]) -> Any:
+    """Build (and so validate) the config of architecture ``name`` from plain values."""
+    config_cls, _ = _lookup(name)
+    known = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in model.arch_config for architecture {name!r}; "
+            f"expected some of {sorted(known)}"
+        )
+    return config_cls(**values)
+
+
+def build_arch(name: str, values: Mapping[str, Any]) -> nn.Module:
+    """Instantiate architecture ``name`` from a plain dict of its config values."""
+    _, module_cls = _lookup(name)
+    return module_cls(make_config(name, values))
