@@ -124,15 +124,17 @@ def _print_summary(metrics: dict[str, float], best: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics, _ = train(cfg)
     except Exception:
         # In a sweep, one failed trial (e.g. out of memory) scores worst instead of killing it.
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if sweeping:
             log.exception("Trial failed; returning a worst-case score")
             return math.inf
         raise
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    value = metric_value(metrics, cfg.get("optimized_metric"))
+    return math.inf if value is None and sweeping else value
 
 
 if __name__ == "__main__":

@@ -156,13 +156,13 @@ def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]
 
 
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value of ``optimized_metric`` for sweeps (clear error if it was never logged)."""
+    """The value of ``optimized_metric`` for sweeps (None, with a warning, if never logged)."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(
-            f"optimized_metric={name!r} was not logged; available: {sorted(metrics)}"
-        )
+        log.warning(f"optimized_metric={name!r} was not logged (no validation ran?); "
+                    f"logged: {sorted(metrics)}")
+        return None
     value = float(metrics[name])
     return value if math.isfinite(value) else math.inf
 
