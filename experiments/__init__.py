@@ -3,5 +3,9 @@
 import os
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Absolute, so the apps find their configs both as `python -m experiments.x` and as console
+# scripts (Hydra would resolve a relative path against the package, not the repository).
+CONFIG_DIR = str(REPO_ROOT / "conf")
 # conf/paths/default.yaml roots every path here, so runs work from any working directory.
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("PROJECT_ROOT", str(REPO_ROOT))

@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments import CONFIG_DIR
 from experiments.utils import (
     apply_extras,
     instantiate_group,
@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

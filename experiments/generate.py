@@ -14,7 +14,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments import CONFIG_DIR
 from datamodules.tokenizers import build_tokenizer
 from experiments.utils import load_checkpoint, load_module, platform_meta
 from lit_models.generation import generate
@@ -42,7 +42,7 @@ def generate_text(cfg: DictConfig) -> list[str]:
     return [tokenizer.decode(row[idx.size(1):].tolist()) for row in out]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     texts = generate_text(cfg)
     output_dir = Path(cfg.paths.output_dir)

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments import CONFIG_DIR
 from callbacks.run_metadata import RunMetadata
 from experiments.utils import (
     apply_extras,
@@ -98,15 +98,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb else ""
+    final = (ckpt_cb.last_model_path or best) if ckpt_cb else ""  # read before test() reloads
     if cfg.get("test"):
         log.info(f"Starting testing ({'best checkpoint ' + best if best else 'current weights'})")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    if cfg.get("log_checkpoint_artifact") and trainer.checkpoint_callback:
-        final = trainer.checkpoint_callback.last_model_path or best
-        if final:
-            _log_checkpoint_artifact(trainer, final)
+    if cfg.get("log_checkpoint_artifact") and final:
+        _log_checkpoint_artifact(trainer, final)
     _print_summary(metrics, best)
     return metrics, objects
 
@@ -122,7 +122,7 @@ def _print_summary(metrics: dict[str, float], best: str) -> None:
     log.info("Final metrics:\n  " + "\n  ".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:

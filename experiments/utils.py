@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("experiments")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from experiments import REPO_ROOT
 PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "numpy")
 
 

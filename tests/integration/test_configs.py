@@ -77,3 +77,10 @@ def test_experiment_fast_dev_run(make_cfg, name: str) -> None:
 def test_typo_in_override_fails_with_hydra_message(make_cfg, override: str) -> None:
     with pytest.raises(ConfigCompositionException, match=override.split("=")[0].split(".")[-1]):
         make_cfg([override])
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_preset_runs(make_cfg, name: str) -> None:
+    cfg = make_cfg(["experiment=smoke_tiny", f"debug={name}", "trainer.max_steps=6"])
+    _, objects = train(cfg)
+    assert 1 <= objects["trainer"].global_step <= 6
