@@ -42,6 +42,10 @@ class BigramBaseline(Callback):
                 dm.train_tokens(), stream[:-1], stream[1:], dm.vocab_size
             )
             log.info(f"Bigram baseline (add-{alpha:g} smoothing): val loss {self.val_loss:.4f} nats/token")
-        trainer.callback_metrics["baseline/bigram_val_loss"] = torch.tensor(self.val_loss)
         for lg in trainer.loggers:
             lg.log_metrics({"baseline/bigram_val_loss": self.val_loss}, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning rebuilds callback_metrics during fit; expose the baseline once fit is over.
+        if self.val_loss is not None:
+            trainer.callback_metrics["baseline/bigram_val_loss"] = torch.tensor(self.val_loss)

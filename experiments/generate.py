@@ -14,8 +14,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from experiments import CONFIG_DIR
 from datamodules.tokenizers import build_tokenizer
+from experiments import CONFIG_DIR
 from experiments.utils import load_checkpoint, load_module, platform_meta
 from lit_models.generation import generate
 

@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import CONFIG_DIR
 from callbacks.run_metadata import RunMetadata
+from experiments import CONFIG_DIR
 from experiments.utils import (
     apply_extras,
     find_last_checkpoint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import logging
@@ -19,8 +20,9 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-log = logging.getLogger("experiments")
 from experiments import REPO_ROOT
+
+log = logging.getLogger("experiments")
 PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "numpy")
 
 
@@ -79,10 +81,8 @@ def git_commit() -> str | None:
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -189,3 +189,24 @@ def load_module(ckpt: dict[str, Any], meta: dict[str, Any]) -> Any:
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.on_load_checkpoint(ckpt)
     return module.eval()
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` in-process as the CLI would, writing to ``output_dir``.
+
+    For tests and benchmarks: fills the ``hydra.*`` runtime values that ``@hydra.main`` would,
+    and registers the config so ``${hydra:...}`` interpolations resolve.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from experiments import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(REPO_ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg

@@ -15,11 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import experiments  # noqa: F401  (sets PROJECT_ROOT)
+from experiments.utils import compose_config as _compose
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -41,19 +39,14 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def compose_config(config_name: str, overrides: list[str], out_dir: Path,
                    data_dir: Path | None = None, log_dir: Path | None = None) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as the CLI would, with outputs under ``out_dir``."""
-    with initialize(version_base="1.3", config_path="../conf"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    """The platform's in-process composition, with every output under the test's tmp dirs."""
+    cfg = _compose(config_name, overrides, out_dir)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.runtime.cwd = str(REPO)
-        cfg.hydra.job.num = 0
         cfg.paths.log_dir = str(log_dir or out_dir / "logs")
         if data_dir is not None:
             cfg.paths.data_dir = str(data_dir)
         if "extras" in cfg:
             cfg.extras.print_config = False
-    HydraConfig().set_config(cfg)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Platform overhead: the same GPT, data and steps through the platform's Trainer and through a
 minimal hand-written PyTorch loop, alternated in one process; the ratio is the last line.
 
-    python -m experiments.bench.overhead [--steps 150] [--warmup 20] [--rounds 2] [-- overrides]
+    python -m experiments.bench.overhead [--steps 150] [--warmup 20] [--rounds 4] [-- overrides]
 
 The platform run is the real one (``experiments.train.train`` with W&B offline + CSV loggers,
 checkpointing, LR monitor, throughput monitor, progress bar); validation/test are switched off
@@ -14,18 +14,17 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import experiments  # noqa: F401  (sets PROJECT_ROOT)
 from experiments.train import train
+from experiments.utils import compose_config
 from lit_models.archs import build_arch
 from lit_models.optim import build_optimizer, warmup_cosine
 
@@ -47,17 +46,11 @@ class StepTimer(L.Callback):
 
 
 def compose_cfg(out: Path, steps: int, overrides: list[str]):
-    with initialize(version_base="1.3", config_path="../../conf"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            "experiment=smoke", f"trainer.max_steps={steps}", "trainer.max_time=null",
-            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
-            "extras.print_config=false", *overrides,
-        ])
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(out)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_config("train", [
+        "experiment=smoke", f"trainer.max_steps={steps}", "trainer.max_time=null",
+        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
+        "extras.print_config=false", f"paths.log_dir={out}/logs", *overrides,
+    ], out)
 
 
 def platform_run(cfg, warmup: int) -> float:
@@ -102,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sides")
     args = parser.parse_args()
     steps = args.steps + args.warmup
@@ -110,11 +103,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             cfg = compose_cfg(Path(tmp) / f"platform{r}", steps, args.overrides)
-            platform.append(platform_run(cfg, args.warmup))
             dm = hydra.utils.instantiate(cfg.data, _convert_="all")
             dm.prepare_data()
             dm.setup("fit")
-            bare.append(bare_run(cfg, dm, steps, args.warmup))
+            # Alternate which side goes first, so neither profits from running second.
+            sides = [("platform", partial(platform_run, cfg, args.warmup)),
+                     ("bare", partial(bare_run, cfg, dm, steps, args.warmup))]
+            for name, run in sides if r % 2 == 0 else sides[::-1]:
+                (platform if name == "platform" else bare).append(run())
             print(f"round {r}: platform {platform[-1]:,.0f} tokens/s, bare loop {bare[-1]:,.0f} tokens/s")
     p, b = statistics.median(platform), statistics.median(bare)
     print(f"threads={torch.get_num_threads()} steps={args.steps} (after {args.warmup} warm-up) "

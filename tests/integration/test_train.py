@@ -38,12 +38,12 @@ def test_run_leaves_wandb_csv_and_checkpoint(trained: dict) -> None:
                    "val/bpc", "throughput/train/device_tokens_per_sec", "baseline/bigram_val_loss"):
         assert column in header, f"{column} missing from {csv}"
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "config_tree.log").exists() or True  # printing is off in tests
 
 
 def test_metrics_are_consistent(trained: dict) -> None:
     m = trained["metrics"]
     assert math.exp(m["val/loss"]) == pytest.approx(m["val/ppl"], rel=1e-4)
+    assert m["baseline/bigram_val_loss"] > 0
     # byte tokenizer on ASCII text: one character per token, bits = nats / ln 2
     assert m["val/bpc"] == pytest.approx(m["val/loss"] / math.log(2), rel=0.02)
     assert trained["trainer"].global_step == 20
