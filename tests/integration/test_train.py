@@ -148,3 +148,14 @@ def test_cli_entry_point(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bigram baseline" in (proc.stdout + proc.stderr).lower()
     assert (tmp_path / "cli" / "config_tree.log").is_file()
+
+
+def test_failed_sweep_trial_does_not_kill_the_sweep(tmp_path: Path) -> None:
+    """A trial with an invalid config (n_head=3 does not divide 64) scores worst; the next runs."""
+    cmd = [sys.executable, "-m", "experiments.train", "-m", "experiment=smoke_tiny",
+           "model.arch_config.n_head=3,4", "trainer.max_steps=2", "logger=csv", "test=false",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.data_dir={tmp_path / 'data'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "worst-case score" in proc.stdout + proc.stderr
+    assert list((tmp_path / "sweep" / "1").glob("checkpoints/last.ckpt")), "second trial did not run"
