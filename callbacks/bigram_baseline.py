@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class BigramBaseline(Callback):
-    """Needs a datamodule with ``train_tokens()``, ``splits["val"]`` (a PackedDataset) and
+    """Needs a datamodule with ``train_tokens()`` and ``val_tokens()`` (1-D token streams) and
     ``vocab_size``; otherwise it logs why it was skipped and does nothing."""
 
     def __init__(self) -> None:
@@ -33,11 +33,10 @@ class BigramBaseline(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         if self.val_loss is None:
-            if not (hasattr(dm, "train_tokens") and "val" in getattr(dm, "splits", {})):
-                log.warning("BigramBaseline: datamodule has no train_tokens()/splits['val']; skipped")
+            if not (hasattr(dm, "train_tokens") and hasattr(dm, "val_tokens")):
+                log.warning("BigramBaseline: datamodule has no train_tokens()/val_tokens(); skipped")
                 return
-            val = dm.splits["val"]
-            stream = val.tokens[: val.n_blocks * val.block_size + 1]
+            stream = dm.val_tokens()
             self.val_loss, alpha = bigram_cross_entropy(
                 dm.train_tokens(), stream[:-1], stream[1:], dm.vocab_size
             )

@@ -11,19 +11,26 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class PackedDataset(Dataset):
-    """Non-overlapping blocks of a 1-D token stream: ``labels`` are ``input_ids`` shifted by one."""
+    """Non-overlapping blocks of a 1-D token stream: ``labels`` are ``input_ids`` shifted by one.
 
-    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
+    Without ``pad_id`` the last partial block is dropped (training); with it, the last block is
+    padded (labels -100, attention 0) so evaluation covers every token of the stream.
+    """
+
+    def __init__(self, tokens: torch.Tensor, block_size: int, pad_id: int | None = None) -> None:
         if tokens.dim() != 1:
             raise ValueError("PackedDataset expects a 1-D token stream")
         self.tokens = tokens
         self.block_size = block_size
-        self.n_blocks = (tokens.numel() - 1) // block_size
+        self.pad_id = pad_id
+        n_targets = tokens.numel() - 1
+        self.n_blocks = -(-n_targets // block_size) if pad_id is not None else n_targets // block_size
 
     def __len__(self) -> int:
         return self.n_blocks
@@ -31,11 +38,19 @@ class PackedDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.block_size
         chunk = self.tokens[start : start + self.block_size + 1].long()
-        return {
-            "input_ids": chunk[:-1],
-            "labels": chunk[1:],
-            "attention_mask": torch.ones(self.block_size, dtype=torch.long),
-        }
+        n = chunk.numel() - 1
+        input_ids, labels = chunk[:-1], chunk[1:]
+        mask = torch.ones(self.block_size, dtype=torch.long)
+        if n < self.block_size:
+            pad = self.block_size - n
+            input_ids = torch.cat([input_ids, input_ids.new_full((pad,), self.pad_id)])
+            labels = torch.cat([labels, labels.new_full((pad,), -100)])
+            mask[n:] = 0
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+    def stream(self) -> torch.Tensor:
+        """The part of the token stream these blocks cover (inputs and targets)."""
+        return self.tokens[: min(self.tokens.numel(), self.n_blocks * self.block_size + 1)]
 
 
 class ResumableSampler(Sampler[int]):
@@ -120,3 +135,51 @@ def loader_generator(seed: int) -> torch.Generator:
     """A private generator for a DataLoader, so creating its iterator never draws from the
     global RNG (which would make dropout differ between a resumed and an uninterrupted run)."""
     return torch.Generator().manual_seed(seed)
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Loader plumbing shared by token datamodules.
+
+    Subclasses set ``tokenizer``, ``batch_size``, ``hparams.seed/num_workers/pin_memory`` and
+    implement ``train_dataset()`` and ``eval_datasets(stage)`` (one dataset per name in
+    ``eval_set_names``, in that order).
+    """
+
+    eval_set_names: list[str] = [""]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def eval_datasets(self, stage: str) -> list[Dataset]:
+        raise NotImplementedError
+
+    def make_loader(self, dataset: Dataset, shuffle: bool) -> ResumableDataLoader:
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            len(dataset), seed=self.hparams.seed, shuffle=shuffle,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        return ResumableDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
+            num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
+            generator=loader_generator(self.hparams.seed),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self.make_loader(self.train_dataset(), shuffle=True)
+
+    def _eval_loaders(self, stage: str) -> ResumableDataLoader | list[ResumableDataLoader]:
+        loaders = [self.make_loader(d, shuffle=False) for d in self.eval_datasets(stage)]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def val_dataloader(self) -> ResumableDataLoader | list[ResumableDataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> ResumableDataLoader | list[ResumableDataLoader]:
+        return self._eval_loaders("test")

@@ -11,16 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from datamodules.base import PackedDataset, ResumableDataLoader, ResumableSampler, loader_generator
+from datamodules.base import PackedDataset, TokenDataModule
 from datamodules.jsonl import format_record, read_jsonl_records, write_mock_corpus
 from datamodules.tokenizers import build_tokenizer
 
 
-class MockJSONLDataModule(L.LightningDataModule):
+class MockJSONLDataModule(TokenDataModule):
     """Packed next-token blocks from JSONL records.
 
     Args:
@@ -75,10 +74,6 @@ class MockJSONLDataModule(L.LightningDataModule):
         self.eval_set_names: list[str] = [""]  # one validation/test set: metrics are val/loss etc.
         self.splits: dict[str, PackedDataset] = {}
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.create_mock_data and not Path(hp.mock_path).exists():
@@ -117,26 +112,12 @@ class MockJSONLDataModule(L.LightningDataModule):
         """The packed training stream (e.g. for count-based baselines)."""
         return self.splits["train"].tokens
 
-    def _loader(self, split: str, shuffle: bool) -> ResumableDataLoader:
-        dataset = self.splits[split]
-        trainer = self.trainer
-        sampler = ResumableSampler(
-            len(dataset), seed=self.hparams.seed, shuffle=shuffle,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        return ResumableDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
-            num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
-            generator=loader_generator(self.hparams.seed),
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+    def val_tokens(self) -> torch.Tensor:
+        """The validation stream as evaluated (for count-based baselines)."""
+        return self.splits["val"].stream()
 
-    def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataset(self) -> PackedDataset:
+        return self.splits["train"]
 
-    def val_dataloader(self) -> ResumableDataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> ResumableDataLoader:
-        return self._loader("test", shuffle=False)
+    def eval_datasets(self, stage: str) -> list[PackedDataset]:
+        return [self.splits[stage]]
