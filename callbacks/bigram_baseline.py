@@ -36,9 +36,12 @@ class BigramBaseline(Callback):
             if not (hasattr(dm, "train_tokens") and hasattr(dm, "val_tokens")):
                 log.warning("BigramBaseline: datamodule has no train_tokens()/val_tokens(); skipped")
                 return
-            stream = dm.val_tokens()
+            stream, train = dm.val_tokens(), dm.train_tokens()
+            if stream.numel() < 2 or train.numel() < 2:
+                log.warning("BigramBaseline: no training/validation token stream; skipped")
+                return
             self.val_loss, alpha = bigram_cross_entropy(
-                dm.train_tokens(), stream[:-1], stream[1:], dm.vocab_size
+                train, stream[:-1], stream[1:], dm.vocab_size
             )
             log.info(f"Bigram baseline (add-{alpha:g} smoothing): val loss {self.val_loss:.4f} nats/token")
         for lg in trainer.loggers:

@@ -20,8 +20,15 @@ class TokenBudget(Callback):
             raise ValueError(f"TokenBudget.max_tokens must be a positive int or None, got {max_tokens!r}")
         self.max_tokens = max_tokens
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed with its budget already spent must not train another batch.
+        self._check(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._check(trainer, pl_module)
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.max_tokens is None:
             return
         spent = getattr(pl_module, "tokens_seen", 0) >= self.max_tokens

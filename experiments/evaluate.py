@@ -48,8 +48,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt = load_checkpoint(cfg.ckpt_path)
     meta = platform_meta(ckpt, cfg.ckpt_path)
     data_cfg = cfg.get("data") or OmegaConf.create(meta["config"]["data"])
-    if meta.get("tokenizer") and data_cfg.get("tokenizer") != meta["tokenizer"]:
-        log.warning(f"Using the checkpoint's tokenizer {meta['tokenizer']} instead of {data_cfg.get('tokenizer')}")
+    wanted = data_cfg.get("tokenizer") or {}
+    if wanted.get("kind") != meta["tokenizer"].get("kind"):
+        log.warning(f"data.tokenizer asks for {wanted.get('kind')!r}; using the checkpoint's "
+                    f"{meta['tokenizer'].get('kind')!r} tokenizer, the one the model was trained with")
     apply_extras(cfg)
     datamodule = hydra.utils.instantiate(data_cfg, tokenizer=meta["tokenizer"], _convert_="all")
     model = load_module(ckpt, meta)

@@ -87,6 +87,7 @@ class LanguageModel(L.LightningModule):
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
         self._rng_to_restore: dict | None = None
         self.eval_sets: list[str] = []
+        self.eval_stats: dict = {}
         # characters per token id (from the datamodule's tokenizer), for bits per character
         self.register_buffer("token_chars", None, persistent=False)
 
@@ -95,6 +96,8 @@ class LanguageModel(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "eval_set_names", None) or [""])
         self.eval_sets = names
+        # per stage and set: {"words": W, "targets": T} of the whole set, for word-level ppl
+        self.eval_stats = getattr(dm, "eval_set_stats", None) or {}
         tokenizer = getattr(dm, "tokenizer", None)
         if tokenizer is not None:
             vocab = self.hparams.arch_config.get("vocab_size")
@@ -198,9 +201,14 @@ class LanguageModel(L.LightningModule):
             metrics = {f"{prefix}ppl": getattr(self, f"_ppl_{key}").compute()}
             if name:
                 metrics[f"{prefix}loss"] = loss
+            nll = getattr(self, f"_nll_{key}").compute()
             if self.token_chars is not None:
-                nll_bits = getattr(self, f"_nll_{key}").compute() / math.log(2)
-                metrics[f"{prefix}bpc"] = nll_bits / getattr(self, f"_chr_{key}").compute()
+                metrics[f"{prefix}bpc"] = nll / math.log(2) / getattr(self, f"_chr_{key}").compute()
+            stats = self.eval_stats.get(stage, {}).get(name)
+            if stats:
+                # Words of the evaluated part: exact on a full pass, pro rata under limit_*_batches.
+                words = stats["words"] * tokens / stats["targets"]
+                metrics[f"{prefix}word_ppl"] = torch.exp(nll / words)
             self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
             for metric in ("ppl", "nll", "tok", "chr"):
                 getattr(self, f"_{metric}_{key}").reset()

@@ -24,9 +24,20 @@ def test_model_config_instantiates_on_meta(make_cfg, name: str) -> None:
     assert module.num_params() > 0
 
 
+FIXTURES = CONF.parent / "tests" / "fixtures"
+# Per data config: overrides that point it at small local fixture files (no hub, no network).
+DATA_OVERRIDES = {
+    "mock_jsonl": ["data.mock_num_records=200"],
+    "wikitext_alpaca": [f"data.wiki.path={FIXTURES / 'wikitext_tiny'}", "data.wiki.hub_id=null",
+                        f"data.alpaca.paths=[{FIXTURES / 'alpaca_tiny.json'}]",
+                        "data.alpaca.hub_id=null", "data.tokenizer.vocab_size=300"],
+}
+
+
 @pytest.mark.parametrize("name", options("data"))
 def test_data_config_instantiates_and_sets_up(make_cfg, name: str) -> None:
-    cfg = make_cfg([f"data={name}", "data.mock_num_records=200", "data.block_size=32"])
+    assert name in DATA_OVERRIDES, f"add fixture overrides for data={name} to DATA_OVERRIDES"
+    cfg = make_cfg([f"data={name}", "data.block_size=32", *DATA_OVERRIDES[name]])
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")

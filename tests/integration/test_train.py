@@ -159,3 +159,23 @@ def test_failed_sweep_trial_does_not_kill_the_sweep(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "worst-case score" in proc.stdout + proc.stderr
     assert list((tmp_path / "sweep" / "1").glob("checkpoints/last.ckpt")), "second trial did not run"
+
+
+def test_bpe_mixed_checkpoint_evaluates_and_generates(tmp_path: Path) -> None:
+    """The BPE tokenizer travels inside the checkpoint; per-corpus metrics come back."""
+    data = tmp_path / "data"
+    cfg = compose_config("train", ["experiment=gpt_wikitext_alpaca_tiny", "trainer.max_steps=4",
+                                   "test=false", "logger=csv"], tmp_path / "run", data)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["platform"]["tokenizer"]["kind"] == "bpe"
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "logger=csv"], tmp_path / "eval", data)
+    metrics, _ = evaluate(cfg)
+    for key in ("val/loss", "val/wiki_loss", "val/wiki_word_ppl", "val/wiki_bpc",
+                "val/alpaca_loss", "test/wiki_word_ppl", "test/alpaca_ppl"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["val/loss"] == pytest.approx(
+        (metrics["val/wiki_loss"] + metrics["val/alpaca_loss"]) / 2, rel=1e-5)
+    cfg = compose_config("generate", [f"ckpt_path={ckpt}", "prompt=The castle", "temperature=0",
+                                      "max_new_tokens=8"], tmp_path / "gen")
+    assert isinstance(generate_text(cfg)[0], str)

@@ -1,0 +1,626 @@
+"""Run a study: every variant x seed of one experiment, one training subprocess each, resumably.
+
+    python -m experiments.study smoke_seeds                  # conf/study/smoke_seeds.yaml
+    python -m experiments.study smoke_seeds seeds=[1,2,3] token_budget=100000
+    python -m experiments.study smoke_seeds -- logger=csv    # extra train overrides for every run
+    python -m experiments.study smoke_seeds --aggregate-only # only (re)write summary.md/.csv
+    python -m experiments.study smoke_seeds --dry-run        # validate and print the commands
+    python -m experiments.study --list
+
+A study file (``conf/study/<name>.yaml``, or any ``path.yaml``) names a base ``experiment``,
+``common`` overrides, a ``token_budget``, ``seeds`` and ``variants``; ``key=value`` arguments
+override its keys (OmegaConf dotlist). These files are read here, not composed by Hydra.
+
+Runs go to ``<output_dir>/<variant>/seed<s>`` (the train run's Hydra dir), seed by seed, so the
+first round already has one run of every variant. A run is done when its ``result.json`` exists
+(skipped on re-launch); an interrupted run is resumed from its ``checkpoints/last.ckpt``; a
+failed one leaves ``failed.txt`` and is retried on re-launch. Exit status: 0 all runs done,
+1 some run failed, 2 invalid study config, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments import CONFIG_DIR, REPO_ROOT
+
+STUDY_DIR = Path(CONFIG_DIR) / "study"
+EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
+KEYS = ("name", "description", "experiment", "common", "token_budget", "seeds", "variants",
+        "output_dir")
+REQUIRED = ("experiment", "seeds", "variants")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+BUDGET_KEY = "callbacks.token_budget.max_tokens"
+# Set by the study for every run; an override of these in a study would be silently ambiguous.
+RESERVED = ("seed", "experiment", "group", "tags", "run_name", "ckpt_path", "resume",
+            "hydra.run.dir")
+EXTRA_COLUMNS = ("params", "tokens_seen", "tokens_per_sec")
+LOG_TAIL_LINES = 60
+
+
+class StudyError(Exception):
+    """An invalid study config; the message names the file and the key."""
+
+
+@dataclass
+class Study:
+    name: str
+    description: str
+    experiment: str
+    common: list[str]
+    token_budget: int | None
+    seeds: list[int]
+    variants: dict[str, list[str]]
+    output_dir: Path
+    file: Path
+    extra: list[str] = field(default_factory=list)  # train overrides given after `--`
+
+    def runs(self) -> list[Run]:
+        """Seed-major order: every variant of seed 1, then of seed 2, ..."""
+        return [Run(v, s, self.output_dir / v / f"seed{s}")
+                for s in self.seeds for v in self.variants]
+
+    def overrides(self, variant: str, seed: int) -> list[str]:
+        budget = [] if self.token_budget is None else [f"{BUDGET_KEY}={self.token_budget}"]
+        return [f"experiment={self.experiment}", *self.common, *self.extra, *self.variants[variant],
+                f"seed={seed}", *budget, f"group=study_{self.name}",
+                f"tags=[study,{self.name},{variant}]", f"run_name={self.name}_{variant}"]
+
+    def command(self, run: Run, ckpt: Path | None = None) -> list[str]:
+        resume = [f"ckpt_path={ckpt}"] if ckpt else []
+        return [sys.executable, "-m", "experiments.train", *self.overrides(run.variant, run.seed),
+                *resume, f"hydra.run.dir={run.dir}"]
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} seed={self.seed}"
+
+    @property
+    def result_path(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def failed_path(self) -> Path:
+        return self.dir / "failed.txt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "study_run.log"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.result_path.is_file():
+            return None
+        return json.loads(self.result_path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- config
+
+
+def available_studies() -> list[str]:
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def find_study_file(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise StudyError(f"study file not found: {path}")
+        return path
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise StudyError(f"unknown study {name!r}; available in {STUDY_DIR}: "
+                         f"{', '.join(available_studies()) or '(none)'}")
+    return path
+
+
+def _check_overrides(where: str, value: Any, budget_set: bool) -> list[str]:
+    """A list of Hydra override strings that leave the keys the study controls alone."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise StudyError(f"{where}: must be a list of Hydra overrides (key=value), got {value!r}")
+    reserved = (*RESERVED, BUDGET_KEY) if budget_set else RESERVED
+    for item in value:
+        if not isinstance(item, str) or not ("=" in item or item.startswith("~")):
+            raise StudyError(f"{where}: {item!r} is not a Hydra override like "
+                             "'model.arch_config.n_layer=4' (quote items containing ': ')")
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in reserved:
+            hint = {"seed": "seeds", "experiment": "experiment", BUDGET_KEY: "token_budget",
+                    "hydra.run.dir": "output_dir"}.get(key, "name/variants")
+            raise StudyError(f"{where}: {item!r} sets {key!r}, which the study sets for every "
+                             f"run (use the study key {hint!r} instead)")
+    return list(value)
+
+
+def load_study(name: str, overrides: list[str] | tuple[str, ...] = (),
+               extra: list[str] | tuple[str, ...] = ()) -> Study:
+    """Load, override, resolve and validate a study file; errors name the file and the key."""
+    file = find_study_file(name)
+    try:
+        cfg = OmegaConf.load(file)
+    except (OmegaConfBaseException, ValueError, OSError) as err:  # yaml errors are ValueErrors
+        raise StudyError(f"{file}: cannot read: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise StudyError(f"{file}: must be a mapping of {', '.join(KEYS)}")
+    unknown = [k for k in cfg if k not in KEYS]
+    if unknown:
+        raise StudyError(f"{file}: unknown key(s) {unknown}; allowed: {', '.join(KEYS)}")
+    if cfg.get("name") is not None and cfg.name != file.stem:
+        raise StudyError(f"{file}: key 'name': {cfg.name!r} must match the file name "
+                         f"{file.stem!r} (it names the output dir and the W&B group)")
+    for item in overrides:
+        key = item.split("=", 1)[0].split(".", 1)[0]
+        if "=" not in item or key not in KEYS:
+            raise StudyError(f"{file}: override {item!r}: expected key=value with key one of "
+                             f"{', '.join(KEYS)} (train overrides go after `--`)")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise StudyError(f"{file}: {err}") from err
+
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            raise StudyError(f"{file}: missing required key {key!r}")
+    study_name = raw.get("name") or file.stem
+    if not isinstance(study_name, str) or not NAME_RE.match(study_name):
+        raise StudyError(f"{file}: key 'name': {study_name!r} must match {NAME_RE.pattern}")
+    experiment = raw["experiment"]
+    if not isinstance(experiment, str) or not (EXPERIMENT_DIR / f"{experiment}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml")))
+        raise StudyError(f"{file}: key 'experiment': no conf/experiment/{experiment}.yaml; "
+                         f"available: {known}")
+    budget = raw.get("token_budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget <= 0):
+        raise StudyError(f"{file}: key 'token_budget': must be a positive int (tokens per run) "
+                         f"or null (the experiment's own stopping), got {budget!r}")
+    seeds = raw["seeds"]
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)):
+        raise StudyError(f"{file}: key 'seeds': must be a non-empty list of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{file}: key 'seeds': duplicate seeds in {seeds}")
+    variants = raw["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise StudyError(f"{file}: key 'variants': must be a non-empty mapping "
+                         f"variant name -> list of overrides, got {variants!r}")
+    checked: dict[str, list[str]] = {}
+    for vname, vover in variants.items():
+        if not isinstance(vname, str) or not NAME_RE.match(vname):
+            raise StudyError(f"{file}: key 'variants': name {vname!r} must match "
+                             f"{NAME_RE.pattern} (it becomes a directory, tag and run name)")
+        checked[vname] = _check_overrides(f"{file}: key 'variants.{vname}'", vover,
+                                          budget is not None)
+    common = _check_overrides(f"{file}: key 'common'", raw.get("common"), budget is not None)
+    extra = _check_overrides("train overrides after `--`", list(extra), budget is not None)
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise StudyError(f"{file}: key 'description': must be text, got {description!r}")
+    out = raw.get("output_dir")
+    if out is not None and not isinstance(out, str):
+        raise StudyError(f"{file}: key 'output_dir': must be a path, got {out!r}")
+    log_dir = Path(os.environ.get("PROJECT_ROOT", REPO_ROOT)) / "logs"  # = ${paths.log_dir}
+    output_dir = Path(out).expanduser().resolve() if out else log_dir / "study" / study_name
+    return Study(name=study_name, description=description.strip(), experiment=experiment,
+                 common=common, token_budget=budget, seeds=list(seeds), variants=checked,
+                 output_dir=output_dir, file=file, extra=extra)
+
+
+def check_composes(study: Study) -> None:
+    """Compose every variant's train config in-process (no training): typos fail before any run."""
+    from hydra import compose, initialize_config_dir
+
+    def attempt(where: str, overrides: list[str]) -> None:
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+                compose("train", overrides=overrides)
+        except Exception as err:  # Hydra raises several exception types
+            raise StudyError(f"{study.file}: {where}: the train config does not compose: "
+                             f"{err}") from err
+
+    base = [f"experiment={study.experiment}", *study.common, *study.extra]
+    attempt("key 'common'" + (" / train overrides after `--`" if study.extra else ""), base)
+    for variant in study.variants:
+        attempt(f"key 'variants.{variant}'", study.overrides(variant, study.seeds[0]))
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_run_metrics(run_dir: Path) -> dict[str, Any]:
+    """Final metrics of a finished run from its CSV logs (all versions, i.e. across resumes)."""
+    versions = sorted(run_dir.glob("csv/version_*"),
+                      key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit()
+                      else -1)
+    last: dict[str, float] = {}
+    throughput: list[float] = []
+    params = None
+    for version in versions:
+        metrics_csv = version / "metrics.csv"
+        if metrics_csv.is_file():
+            with open(metrics_csv, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    for key, text in row.items():
+                        value = _float(text) if text not in (None, "") else None
+                        if value is None:
+                            continue
+                        if key.startswith(("val/", "test/")) or key == "train/tokens_seen":
+                            last[key] = value
+                        elif key == "throughput/train/device_tokens_per_sec":
+                            throughput.append(value)
+        hparams = version / "hparams.yaml"
+        if hparams.is_file():
+            text = hparams.read_text(encoding="utf-8")
+            found = re.search(r"^model/params/total:\s*(\d+)\s*$", text, re.M)
+            params = int(found.group(1)) if found else params
+    tokens = last.pop("train/tokens_seen", None)
+    return {"metrics": dict(sorted(last.items())), "params": params,
+            "tokens_seen": int(tokens) if tokens is not None else None,
+            "tokens_per_sec": statistics.fmean(throughput) if throughput else None}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, offset: int, lines: int = LOG_TAIL_LINES) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Interrupt the training run like Ctrl-C would (it saves nothing new, exits), then wait."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
+
+
+def _execute(cmd: list[str], log_path: Path) -> int:
+    """Run one training subprocess, its output streamed (appended) to ``log_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("HYDRA_FULL_ERROR", "1")  # full tracebacks in the log / failed.txt
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {shlex.join(cmd)}\n")
+        log.flush()
+        # Own session: Ctrl-C reaches only the study, which then stops the run exactly once.
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc)
+            log.write(f"\n=== interrupted by the study (exit {proc.returncode})\n")
+            raise
+
+
+def _headline(result: dict[str, Any]) -> str:
+    metrics = result.get("metrics") or {}
+    for key in ("val/loss", "test/loss"):
+        if key in metrics:
+            return f"{key} {metrics[key]:.4f}"
+    return "no val/test metrics logged"
+
+
+def _resumable(run: Run) -> tuple[Path | None, str]:
+    """``(last.ckpt, 'step N, T tokens')`` of an interrupted run; moves an unreadable one aside."""
+    if not run.last_ckpt.is_file():
+        return None, ""
+    from experiments.utils import load_checkpoint  # imports torch: only when resuming
+
+    try:
+        ckpt = load_checkpoint(run.last_ckpt)
+    except ValueError as err:
+        aside = run.last_ckpt.with_name("last.ckpt.unreadable")
+        os.replace(run.last_ckpt, aside)
+        return None, f" (starting over: {err}; moved it to {aside.name})"
+    return run.last_ckpt, f"step {ckpt.get('global_step')}, {ckpt.get('tokens_seen')} tokens"
+
+
+def run_one(study: Study, run: Run, tag: str, started: float) -> str:
+    """Run (or skip, or resume) one variant x seed; returns 'done', 'skipped' or 'failed'."""
+    planned = study.overrides(run.variant, run.seed)
+    done = run.result()
+    if done is not None:
+        note = ""
+        if done.get("overrides") != planned:
+            note = " [WARNING: its overrides differ from the current study config; delete " \
+                   f"{run.result_path} to re-run it]"
+        print(f"{tag} {run.label}: skipping, done ({_headline(done)}){note}", flush=True)
+        return "skipped"
+
+    run.dir.mkdir(parents=True, exist_ok=True)
+    ckpt, state = _resumable(run)
+    if ckpt is None and (run.dir / "csv").exists():
+        shutil.rmtree(run.dir / "csv")  # metrics of an attempt that left no checkpoint
+    retry = " (retrying a failed run)" if run.failed_path.is_file() else ""
+    action = f"resuming from {ckpt} ({state})" if ckpt else "running" + state
+    print(f"{tag} {run.label}: {action}{retry}; log {run.log_path}", flush=True)
+
+    cmd = study.command(run, ckpt)
+    offset = run.log_path.stat().st_size if run.log_path.is_file() else 0
+    t0 = time.perf_counter()
+    code = _execute(cmd, run.log_path)
+    wall = time.perf_counter() - t0
+    total = time.perf_counter() - started
+    if code != 0:
+        when = datetime.now().isoformat(timespec="seconds")
+        report = (f"exit code {code} after {wall:.1f}s at {when}\n"
+                  f"command: {shlex.join(cmd)}\nlog: {run.log_path}\n\n"
+                  f"--- last {LOG_TAIL_LINES} lines of this attempt ---\n"
+                  f"{_tail(run.log_path, offset)}\n")
+        if ckpt:
+            report += f"\n(it resumed from {ckpt}; delete {run.dir} to start this run over)\n"
+        run.failed_path.write_text(report, encoding="utf-8")
+        print(f"{tag} {run.label}: FAILED (exit {code}) after {wall:.1f}s; see {run.failed_path} "
+              f"[study {total:.0f}s]", flush=True)
+        return "failed"
+
+    result = {"study": study.name, "variant": run.variant, "seed": run.seed,
+              "run_dir": str(run.dir), **read_run_metrics(run.dir), "wall_s": round(wall, 2),
+              "resumed_from": str(ckpt) if ckpt else None,
+              "finished_at": datetime.now().isoformat(timespec="seconds"),
+              "overrides": planned, "command": cmd, "command_str": shlex.join(cmd)}
+    if not result["metrics"]:
+        print(f"{tag} {run.label}: WARNING: no val/test metrics in {run.dir}/csv "
+              "(is the csv logger on?)", flush=True)
+    _write_json(run.result_path, result)
+    run.failed_path.unlink(missing_ok=True)
+    print(f"{tag} {run.label}: done in {wall:.1f}s, {_headline(result)} [study {total:.0f}s]",
+          flush=True)
+    return "done"
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_study(study: Study) -> int:
+    runs = study.runs()
+    print(f"study {study.name}: {len(runs)} runs ({len(study.variants)} variants x "
+          f"{len(study.seeds)} seeds) of experiment={study.experiment}, token_budget="
+          f"{study.token_budget} -> {study.output_dir}", flush=True)
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = {k: getattr(study, k) for k in ("name", "description", "experiment", "common",
+                                               "token_budget", "seeds", "variants")}
+    snapshot.update(output_dir=str(study.output_dir), file=str(study.file),
+                    extra_train_overrides=study.extra)
+    OmegaConf.save(OmegaConf.create(snapshot), study.output_dir / "study.yaml")
+
+    failed: list[Run] = []
+    started = time.perf_counter()
+    current = None
+    try:
+        for i, run in enumerate(runs, 1):
+            current = run
+            if run_one(study, run, f"[{i}/{len(runs)}]", started) == "failed":
+                failed.append(run)
+    except KeyboardInterrupt:
+        print(f"\nstudy {study.name}: interrupted during {current.label if current else '-'}; "
+              "re-launch the same command to resume (finished runs are skipped, "
+              "interrupted ones continue from last.ckpt)", flush=True)
+        aggregate(study, echo=False)
+        return 130
+    table = aggregate(study, echo=False)
+    if failed:
+        print(f"\nstudy {study.name}: {len(failed)} of {len(runs)} runs FAILED: "
+              + ", ".join(f"{r.label} ({r.failed_path})" for r in failed)
+              + "\nre-launch the same command to retry them (finished runs are skipped)")
+    print(f"\nsummary: {study.output_dir / 'summary.md'} and summary.csv\n\n{table}", flush=True)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _metric_order(keys: set[str]) -> list[str]:
+    base = ("loss", "ppl", "word_ppl", "bpc")
+    ordered: list[str] = []
+    for split in ("val", "test"):
+        mine = {k for k in keys if k.startswith(f"{split}/")}
+        first = [f"{split}/{b}" for b in base if f"{split}/{b}" in mine]
+        ordered += first + sorted(mine - set(first))
+    return ordered
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _fmt(mean: float | None, std: float | None, column: str) -> str:
+    if mean is None:
+        return "—"
+    if column in EXTRA_COLUMNS:
+        spec = ",.0f"
+    else:
+        spec = ".2f" if math.isfinite(mean) and abs(mean) >= 100 else ".4f"
+    return f"{mean:{spec}} ± {'—' if std is None else format(std, spec)}"
+
+
+def aggregate(study: Study, echo: bool = True) -> str:
+    """Write ``summary.md`` and ``summary.csv`` (a row per variant); returns the markdown table."""
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in study.variants}
+    missing: list[str] = []
+    for run in study.runs():
+        result = run.result()
+        if result is not None:
+            results[run.variant].append(result)
+        else:
+            state = "failed" if run.failed_path.is_file() else "not run yet"
+            missing.append(f"{run.variant}/seed{run.seed} ({state})")
+    keys = {k for rs in results.values() for r in rs for k in (r.get("metrics") or {})}
+    columns = _metric_order(keys) + list(EXTRA_COLUMNS)
+
+    def values(rs: list[dict[str, Any]], column: str) -> list[float]:
+        raw = [r.get(column) if column in EXTRA_COLUMNS else (r.get("metrics") or {}).get(column)
+               for r in rs]
+        return [float(v) for v in raw if v is not None]
+
+    rows_md, rows_csv = [], []
+    for variant, rs in results.items():
+        cells_md = [variant, str(len(rs))]
+        row_csv: dict[str, Any] = {"variant": variant, "n_seeds": len(rs),
+                                   "seeds": " ".join(str(r["seed"]) for r in rs)}
+        for column in columns:
+            mean, std = _stats(values(rs, column))
+            cells_md.append(_fmt(mean, std, column))
+            row_csv[f"{column}_mean"] = "" if mean is None else repr(mean)
+            row_csv[f"{column}_std"] = "" if std is None else repr(std)
+        rows_md.append(cells_md)
+        rows_csv.append(row_csv)
+
+    header = ["variant", "n_seeds"] + [c.replace("tokens_per_sec", "tokens/s") for c in columns]
+    table = "\n".join(["| " + " | ".join(header) + " |",
+                       "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+                      + ["| " + " | ".join(cells) + " |" for cells in rows_md])
+    budget = "experiment's own stopping" if study.token_budget is None else \
+        f"{study.token_budget:,} tokens per run"
+    lines = [f"# Study `{study.name}`", "", study.description or "(no description)", "",
+             f"- study file: `{study.file}`",
+             f"- experiment: `{study.experiment}`; budget: {budget}; "
+             f"seeds: {study.seeds}",
+             f"- common overrides: `{' '.join(study.common + study.extra) or '(none)'}`",
+             f"- written {datetime.now().isoformat(timespec='seconds')}; cells are mean ± "
+             "sample std (ddof=1) over seeds, — where n=1", "",
+             table, ""]
+    if missing:
+        lines += [f"Missing runs: {', '.join(missing)}", ""]
+    lines += ["## Commands", "", "```"]
+    for run in study.runs():
+        result = run.result()
+        lines.append(result["command_str"] if result else
+                     "# not done: " + shlex.join(study.command(run)))
+    lines += ["```", ""]
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    (study.output_dir / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+    with open(study.output_dir / "summary.csv", "w", newline="", encoding="utf-8") as fh:
+        fields = ["variant", "n_seeds", "seeds"] + [f"{c}_{s}" for c in columns
+                                                    for s in ("mean", "std")]
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows_csv)
+    if echo:
+        print(f"summary: {study.output_dir / 'summary.md'} and summary.csv\n\n{table}")
+    return table
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.study",
+        description="Run every variant x seed of a study (conf/study/<name>.yaml), resumably, "
+                    "and summarize mean ± std per variant.",
+        epilog="Train overrides for every run go after `--`, e.g. "
+               "`python -m experiments.study smoke_seeds -- logger=csv trainer=gpu`.")
+    parser.add_argument("study", nargs="?", help="study name in conf/study/, or a path to a .yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override study keys, e.g. seeds=[1,2] token_budget=50000 "
+                             "output_dir=/tmp/x variants.big=[model.arch_config.n_layer=8]")
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="only (re)write summary.md / summary.csv from finished runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the study and print each run's command; run nothing")
+    parser.add_argument("--list", action="store_true", help="list the studies in conf/study/")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.list:
+        for name in available_studies():
+            desc = OmegaConf.load(STUDY_DIR / f"{name}.yaml").get("description") or ""
+            print(f"{name}: {desc.strip().splitlines()[0] if desc.strip() else ''}")
+        return 0
+    if not args.study:
+        parser.error(f"name a study; available: {', '.join(available_studies())}")
+    try:
+        study = load_study(args.study, args.overrides, extra)
+        if args.aggregate_only:
+            if not study.output_dir.is_dir():
+                print(f"error: nothing to aggregate: {study.output_dir} does not exist",
+                      file=sys.stderr)
+                return 1
+            aggregate(study)
+            return 0
+        check_composes(study)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for run in study.runs():
+            print(shlex.join(study.command(run, run.last_ckpt if run.last_ckpt.is_file()
+                                           else None)))
+        return 0
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    try:
+        return run_study(study)
+    finally:
+        if in_main:
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
