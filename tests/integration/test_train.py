@@ -179,3 +179,19 @@ def test_bpe_mixed_checkpoint_evaluates_and_generates(tmp_path: Path) -> None:
     cfg = compose_config("generate", [f"ckpt_path={ckpt}", "prompt=The castle", "temperature=0",
                                       "max_new_tokens=8"], tmp_path / "gen")
     assert isinstance(generate_text(cfg)[0], str)
+
+
+def test_optuna_sweep_is_stored_in_sqlite_and_resumes(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = [sys.executable, "-m", "experiments.train", "-m", "hparams_search=gpt_optuna",
+           "experiment=gpt_wikitext2_tiny", "hydra.sweeper.n_trials=1", "trainer.max_steps=5",
+           f"hydra.sweeper.storage={storage}", "logger=csv", "extras.print_config=false",
+           f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}"]
+    for _ in range(2):  # the second launch continues the same study
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="gpt_optuna_gpt_wikitext2_tiny", storage=storage)
+    values = [t.value for t in study.trials]
+    assert len(values) == 2 and all(math.isfinite(v) for v in values)
