@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from datamodules.files import write_atomic
 
 _EXPECTED_RECORD = "an object with a string 'text', or strings 'instruction' and 'output'"
 
@@ -293,25 +294,4 @@ def write_mock_corpus(path: str | os.PathLike[str], num_records: int, seed: int)
              for kind in _kind_schedule(rng, num_records)]
     payload = ("\n".join(lines) + "\n").encode("utf-8")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    return write_atomic(path, lambda fh: fh.write(payload))

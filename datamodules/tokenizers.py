@@ -21,13 +21,14 @@ import json as jsonlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import tokenizers as hf
+
+from datamodules.files import write_atomic
 
 log = logging.getLogger("datamodules.tokenizers")
 
@@ -358,19 +359,7 @@ def _load_cached_bpe(path: Path, vocab_size: int) -> HFTokenizer:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and ``os.replace``: readers never see a
-    partial file, and concurrent writers leave one complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def bpe_cache_path(cache_dir: str | os.PathLike[str], corpus_key: str, vocab_size: int) -> Path:

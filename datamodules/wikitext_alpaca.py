@@ -10,8 +10,6 @@ tokenizer + data config + source content, and reused by later runs.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from torch.utils.data import Dataset
 from datamodules import tokenizers
 from datamodules.base import PackedDataset, TokenDataModule
 from datamodules.corpora import alpaca_splits, fingerprint, wiki_lines
+from datamodules.files import write_atomic
 from datamodules.jsonl import format_record
 
 log = logging.getLogger(__name__)
@@ -222,15 +221,7 @@ class WikiTextAlpacaDataModule(TokenDataModule):
             except Exception as err:  # corrupt or truncated file
                 log.warning(f"Tokenized cache {path} is unreadable ({err}); rebuilding it")
         data = self._tokenize_all()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"key": key, "data": data}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, lambda fh: torch.save({"key": key, "data": data}, fh))
         print(f"Tokenized corpus written to cache {path}")
         return data
 

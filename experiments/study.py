@@ -43,6 +43,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT
 
 STUDY_DIR = Path(CONFIG_DIR) / "study"
@@ -301,9 +302,7 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: fh.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def _tail(path: Path, offset: int, lines: int = LOG_TAIL_LINES) -> str:
