@@ -12,13 +12,18 @@ import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
+def _items(batch: dict[str, Any]) -> Any:
+    # Coordinate batches (one character per position) have ``coords`` instead of token ids.
+    return batch["input_ids"] if "input_ids" in batch else batch["coords"]
+
+
 def _batch_size(batch: dict[str, Any]) -> int:
-    return int(batch["input_ids"].size(0))
+    return int(_items(batch).size(0))
 
 
 def _tokens(batch: dict[str, Any]) -> int:
     mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+    return int(mask.sum()) if mask is not None else int(_items(batch).numel())
 
 
 class TokenThroughputMonitor(ThroughputMonitor):

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.files import write_atomic
-from experiments import CONFIG_DIR, REPO_ROOT
+from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
 
 STUDY_DIR = Path(CONFIG_DIR) / "study"
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
@@ -579,11 +579,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+    argv, extra = split_passthrough(argv)
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     if args.list:

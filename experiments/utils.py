@@ -102,6 +102,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    from lit_models.compression.store import is_weight_store
+
+    if is_weight_store(path):  # written by the SQLite CheckpointIO plugin (plugins/sqlite_checkpoint)
+        from lit_models.compression.checkpoint_io import read_checkpoint
+
+        return read_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors have many types

@@ -7,13 +7,10 @@ built network), so ``LanguageModel.load_from_checkpoint(path)`` works without Hy
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +18,7 @@ from torchmetrics import SumMetric
 from torchmetrics.text import Perplexity
 
 from lit_models.archs import build_arch
-from lit_models.optim import build_optimizer, warmup_cosine
+from lit_models.recipe import TrainingRecipe
 
 IGNORE_INDEX = -100
 
@@ -31,28 +28,7 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
-def _capture_rng() -> dict[str, Any]:
-    """RNG states as tensors/lists only, so checkpoints load with ``weights_only=True``."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def _restore_rng(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-class LanguageModel(L.LightningModule):
+class LanguageModel(TrainingRecipe, L.LightningModule):
     """Causal LM recipe. Loss = CE + sum_k loss_weights[k] * term_k (terms from the arch).
 
     Args:
@@ -220,36 +196,3 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-
-    # ------------------------------------------------------------ optimizers
-    def configure_optimizers(self) -> dict:
-        opt_cfg = {"lr": 3e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
-        opt_cfg.update(self.hparams.optimizer)
-        sched_cfg = {"warmup_steps": 100, "min_lr_ratio": 0.1}
-        sched_cfg.update(self.hparams.scheduler)
-        optimizer = build_optimizer(self.net, **opt_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(int(sched_cfg["warmup_steps"]), max(total - 1, 0))
-        schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total,
-                           min_lr_ratio=float(sched_cfg["min_lr_ratio"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-    # ------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint["rng_states"] = _capture_rng()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
-        self._rng_to_restore = checkpoint.get("rng_states")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Restore RNG right before the first resumed step: the exact point it was captured at.
-        if self._rng_to_restore is not None:
-            _restore_rng(self._rng_to_restore)
-            self._rng_to_restore = None
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())

@@ -1,6 +1,7 @@
 """GPT baseline: pre-LN causal transformer (nanoGPT/litgpt style), one readable file.
 
-Switches: learned or rotary positions, QK-norm attention, tied input/output embeddings.
+Switches: learned or rotary positions, QK-norm attention, tied input/output embeddings, and
+dense or hypercomplex (PHM, ``linear="phm"``, ``phm_n``) projections in attention and MLP.
 Attention runs on PyTorch SDPA; a KV cache serves generation.
 """
 
@@ -8,12 +9,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from lit_models.archs.registry import register
-from lit_models.components import MLP, Block, CausalSelfAttention, KVCache, RotaryEmbedding
+from lit_models.components import (
+    MLP,
+    Block,
+    CausalSelfAttention,
+    KVCache,
+    PHMLinear,
+    RotaryEmbedding,
+    make_linear,
+)
+from lit_models.components.phm import LINEAR_KINDS
 
 
 @dataclass
@@ -30,6 +41,8 @@ class GPTConfig:
     rope_base: float = 10000.0
     qk_norm: bool = False
     tie_embeddings: bool = True
+    linear: str = "dense"  # "dense" | "phm" (sum of phm_n Kronecker products, 1/phm_n params)
+    phm_n: int = 4
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -50,6 +63,14 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"GPTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.linear not in LINEAR_KINDS:
+            raise ValueError(f"GPTConfig.linear must be one of {LINEAR_KINDS}, got {self.linear!r}")
+        if self.linear == "phm":
+            if not isinstance(self.phm_n, int) or self.phm_n < 1:
+                raise ValueError(f"GPTConfig.phm_n must be a positive int, got {self.phm_n!r}")
+            if self.n_embd % self.phm_n or self.mlp_hidden % self.phm_n:
+                raise ValueError(f"GPTConfig.phm_n={self.phm_n} must divide n_embd={self.n_embd} "
+                                 f"and the MLP width {self.mlp_hidden}")
 
     @property
     def head_dim(self) -> int:
@@ -72,11 +93,12 @@ class GPT(nn.Module):
             if c.pos_embedding == "rope" else None
         )
         self.drop = nn.Dropout(c.dropout)
+        linear = partial(make_linear, kind=c.linear, phm_n=c.phm_n)
         self.blocks = nn.ModuleList(
             Block(
                 c.n_embd,
-                CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope),
-                MLP(c.n_embd, c.mlp_hidden, c.dropout, c.bias),
+                CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope, linear),
+                MLP(c.n_embd, c.mlp_hidden, c.dropout, c.bias, linear),
                 bias=c.bias,
             )
             for _ in range(c.n_layer)
@@ -90,6 +112,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+        for name, m in self.named_modules():  # the same two scales for hypercomplex layers
+            if isinstance(m, PHMLinear):
+                m.reset_parameters(0.02 / math.sqrt(2 * c.n_layer) if name.endswith("proj") else 0.02)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -5,6 +5,11 @@ A token architecture's module takes only its config and implements
 regularizer terms (empty for plain models), plus ``setup_kv_cache`` / ``clear_kv_cache`` for
 generation. The LightningModule builds it from the name and a plain dict of config values,
 so checkpoints hold only primitives and load without Hydra.
+
+Coordinate architectures (position -> symbol, e.g. the fractal decoder) follow the same
+(Config, Module) contract but not the token one, so they live in their own table,
+``COORDINATE_ARCHITECTURES``, selected with ``table=``; token-only code and tests iterate
+``ARCHITECTURES`` alone.
 """
 
 from __future__ import annotations
@@ -15,32 +20,35 @@ from typing import Any
 
 from torch import nn
 
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {}
+Table = dict[str, tuple[type, type[nn.Module]]]
+ARCHITECTURES: Table = {}
+COORDINATE_ARCHITECTURES: Table = {}
 
 
-def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register(name: str, config_cls: type, table: Table = ARCHITECTURES
+             ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: ``@register("gpt", GPTConfig)`` on the module class."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config for architecture {name!r} must be a dataclass")
 
     def wrap(module_cls: type[nn.Module]) -> type[nn.Module]:
-        if name in ARCHITECTURES and ARCHITECTURES[name][1] is not module_cls:
+        if name in table and table[name][1] is not module_cls:
             raise ValueError(f"architecture {name!r} is already registered")
-        ARCHITECTURES[name] = (config_cls, module_cls)
+        table[name] = (config_cls, module_cls)
         return module_cls
 
     return wrap
 
 
-def _lookup(name: str) -> tuple[type, type[nn.Module]]:
-    if name not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+def _lookup(name: str, table: Table = ARCHITECTURES) -> tuple[type, type[nn.Module]]:
+    if name not in table:
+        raise KeyError(f"unknown architecture {name!r}; registered: {sorted(table)}")
+    return table[name]
 
 
-def make_config(name: str, values: Mapping[str, Any]) -> Any:
+def make_config(name: str, values: Mapping[str, Any], table: Table = ARCHITECTURES) -> Any:
     """Build (and so validate) the config of architecture ``name`` from plain values."""
-    config_cls, _ = _lookup(name)
+    config_cls, _ = _lookup(name, table)
     known = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -51,7 +59,7 @@ def make_config(name: str, values: Mapping[str, Any]) -> Any:
     return config_cls(**values)
 
 
-def build_arch(name: str, values: Mapping[str, Any]) -> nn.Module:
+def build_arch(name: str, values: Mapping[str, Any], table: Table = ARCHITECTURES) -> nn.Module:
     """Instantiate architecture ``name`` from a plain dict of its config values."""
-    _, module_cls = _lookup(name)
-    return module_cls(make_config(name, values))
+    _, module_cls = _lookup(name, table)
+    return module_cls(make_config(name, values, table))

@@ -6,6 +6,8 @@ keys per head, Dehghani et al. 2023 / OLMo-2), a config switch of the architectu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,14 +41,15 @@ class KVCache(nn.Module):
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 qk_norm: bool = False, rope: RotaryEmbedding | None = None) -> None:
+                 qk_norm: bool = False, rope: RotaryEmbedding | None = None,
+                 linear: Callable[..., nn.Module] = nn.Linear) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
         self.n_head = n_head
         self.head_dim = n_embd // n_head
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.qkv = linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = linear(n_embd, n_embd, bias=bias)
         self.q_norm = nn.LayerNorm(self.head_dim, bias=bias) if qk_norm else None
         self.k_norm = nn.LayerNorm(self.head_dim, bias=bias) if qk_norm else None
         self.rope = rope

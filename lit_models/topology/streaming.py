@@ -8,25 +8,35 @@ is read on each push; nothing runs between pushes). An analysis computes
 
 * H0 of the whole window, exact, from its Euclidean MST (``mst.euclidean_mst``);
 * H1 of at most ``landmarks`` points picked by max-min (farthest point) subsampling
-  (``gudhi.subsampling``), with a Rips complex ("collapse") or, for D <= 3, optionally alpha.
-  The H1 part is an approximation (``Diagram.approximate``): landmarks miss loops smaller than
-  their spacing;
+  (``gudhi.subsampling``), with ripser's Rips (default; the same diagram as GUDHI "collapse"
+  or "rips", 2-3x faster here) or, for D <= 3, optionally alpha. The H1 part is an
+  approximation (``Diagram.approximate``): landmarks miss loops smaller than their spacing;
 
 and compares the Betti numbers of consecutive windows at one ``scale`` (``events.betti_events``).
 ``scale="auto"`` fixes the scale at the first analysis: ``auto_scale_factor`` (3) x the median
 MST edge length of that window's landmarks. Landmarks are sparser than the window, so this
 scale is above the window's noise (H0) and above the landmark spacing (H1 loops can be born).
 
-Reuse between windows, honestly: only the ring buffer. The MST, its kd-tree and the landmarks
-are recomputed for every window. A sliding window deletes points, and an MST does not survive
-deletions cheaply (each removed tree edge needs a replacement search across its cut, i.e. the
-same nearest-foreign-point queries as a rebuild), so a rebuild is the simpler exact choice; it
-costs ~0.5 s per 100k points in R^3 here. ``stats()`` reports the latency actually achieved.
+Reuse between windows, honestly: only the ring buffer (and the scale fixed at the first
+window). The exact H0 is rebuilt for every window because no reuse found here beats the
+near-linear rebuild:
 
-Measured (2 cores, niced beside a training run): window 10,000, 256 landmarks, H0+H1: R^3
-p50 114 ms / max 118 ms per analysis, R^8 p50 468 ms / max 705 ms (H1 on the landmarks
-dominates); H0 only, R^3: p50 35 ms. The 10 ms latency target of the TCS seed is met only for
-small windows: with larger ones every push after the deadline triggers a new analysis.
+* insertions alone would allow it: MST(W + new) is contained in MST(W) plus the edges at the new
+  points (cycle property), but
+* a sliding window also deletes the oldest points, and an MST does not survive deletions: a
+  removed vertex splits the tree, and the replacement edges between the pieces need the same
+  nearest-foreign-point queries over the survivors as a rebuild. The exact alternative that does
+  reuse, keeping per-chunk-pair MSTs (MST(W) is contained in the union over chunk pairs i <= j of
+  MST(C_i + C_j), again by the cycle property), costs ~w/c pair MSTs per new chunk plus an MST
+  of their union: more than the kd-tree Borůvka rebuild (~10 ms per 10k points in R^3 unloaded).
+
+``stats()`` reports the latency actually achieved.
+
+Measured (2 cores shared with a training run, load average ~5, so slow; ``python -m
+experiments.bench.persistence``): window 10,000 in R^3, 256 landmarks, H0+H1: p50 ~110 ms with
+ripser vs ~170 ms with GUDHI collapse; R^8: p50 ~800 ms (the exact H0: kd-tree k-NN queries in
+8-D dominate). H0 only, R^3: p50 ~57 ms. The 10 ms latency target of the TCS seed is met only
+for small windows: with larger ones every push after the deadline triggers a new analysis.
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ from lit_models.topology.mst import KDTREE_MAX_DIM
 from lit_models.topology.persistence import compute_persistence
 
 AUTO_SCALE_FACTOR = 3.0
-H1_METHODS = ("collapse", "rips", "alpha")
+MAX_WINDOW_BYTES = 4 * 2**30  # ring buffer cap: a larger window is a configuration error
+H1_METHODS = ("ripser", "collapse", "rips", "alpha")
 
 
 class StreamingAnalyzer:
@@ -54,25 +65,29 @@ class StreamingAnalyzer:
 
     def __init__(self, window: int, chunk_points: int = 1000, max_latency_ms: float = 10.0,
                  landmarks: int = 256, scale: float | str = "auto", dim: int = 1,
-                 h1_method: str = "collapse", auto_scale_factor: float = AUTO_SCALE_FACTOR,
+                 h1_method: str = "ripser", auto_scale_factor: float = AUTO_SCALE_FACTOR,
                  clock: Callable[[], float] = time.perf_counter,
                  latency_history: int = 10_000) -> None:
-        if not isinstance(window, int) or window <= 0:
+        if not _is_int(window) or window <= 0:
             raise ValueError(f"window must be a positive int, got {window!r}")
-        if not isinstance(chunk_points, int) or chunk_points <= 0:
+        if not _is_int(chunk_points) or chunk_points <= 0:
             raise ValueError(f"chunk_points must be a positive int, got {chunk_points!r}")
         if not max_latency_ms > 0:
             raise ValueError(f"max_latency_ms must be > 0 (math.inf disables), got "
                              f"{max_latency_ms!r}")
-        if not isinstance(landmarks, int) or landmarks < 3:
+        if not _is_int(landmarks) or landmarks < 3:
             raise ValueError(f"landmarks must be an int >= 3, got {landmarks!r}")
         if dim not in (0, 1):
             raise ValueError(f"dim must be 0 (H0) or 1 (H0 and H1), got {dim!r}")
-        if scale != "auto" and not (isinstance(scale, int | float) and scale > 0):
-            raise ValueError(f"scale must be a positive number or 'auto', got {scale!r}")
+        if scale != "auto" and not (isinstance(scale, int | float) and not isinstance(scale, bool)
+                                    and 0 < scale < math.inf):
+            raise ValueError(f"scale must be a positive finite number or 'auto', got {scale!r}")
+        if not (isinstance(auto_scale_factor, int | float) and 0 < auto_scale_factor < math.inf):
+            raise ValueError(f"auto_scale_factor must be a positive finite number, got "
+                             f"{auto_scale_factor!r}")
         if h1_method not in H1_METHODS:
             raise ValueError(f"h1_method must be one of {H1_METHODS}, got {h1_method!r}")
-        if latency_history <= 0:
+        if not _is_int(latency_history) or latency_history <= 0:
             raise ValueError(f"latency_history must be > 0, got {latency_history!r}")
         self.window, self.chunk_points, self.max_latency_ms = window, chunk_points, max_latency_ms
         self.landmarks, self.dim, self.h1_method = landmarks, dim, h1_method
@@ -123,6 +138,11 @@ class StreamingAnalyzer:
         if self.n_features is None:
             if d == 0:
                 raise ValueError("stream vectors must have dimension >= 1")
+            if self.window * d * 8 > MAX_WINDOW_BYTES:
+                raise ValueError(f"window={self.window} vectors of dimension {d} need "
+                                 f"{self.window * d * 8 / 2**30:.1f} GiB of ring buffer, above "
+                                 f"MAX_WINDOW_BYTES ({MAX_WINDOW_BYTES / 2**30:.0f} GiB): use a "
+                                 "smaller window")
             self.n_features = d
             self._buf = np.zeros((self.window, d), dtype=np.float64)
         elif d != self.n_features:
@@ -217,7 +237,14 @@ class StreamingAnalyzer:
         return buf + 8 * len(self._latencies_ms)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _to_numpy(x: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (ValueError, TypeError) as err:  # ragged rows: vectors of different dimensions
+        raise ValueError(f"stream vectors must form an (n, D) array of numbers: {err}") from err

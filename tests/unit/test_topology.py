@@ -25,6 +25,7 @@ from lit_models.topology import (
     total_persistence,
     wasserstein,
 )
+from lit_models.topology import mst as mst_module
 from lit_models.topology import persistence as persistence_module
 
 
@@ -112,7 +113,7 @@ def test_diagram_validation():
 
 # ---- persistence ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["rips", "collapse", "alpha"])
+@pytest.mark.parametrize("method", ["ripser", "rips", "collapse", "alpha"])
 def test_circle_has_one_prominent_loop(method):
     pts = circle(40, noise=0.02, dim=3)
     d = compute_persistence(pts, max_dim=1, method=method)
@@ -134,7 +135,7 @@ def test_alpha_scale_is_diameter_not_rips():
     assert a_loop[0] == pytest.approx(r_loop[0])  # births: an edge enters at its length
 
 
-@pytest.mark.parametrize("method", ["rips", "mst", "alpha"])
+@pytest.mark.parametrize("method", ["ripser", "rips", "mst", "alpha"])
 def test_k_clusters_have_k_minus_1_long_h0_bars(method):
     centers = [[0, 0, 0], [10, 0, 0], [0, 10, 0], [10, 10, 5]]
     pts = blobs(centers, 25, 0.1, seed=1)
@@ -177,6 +178,28 @@ def test_euclidean_mst_exact_on_hard_cases_and_approximate_bound():
     assert d.approximate and d.notes
 
 
+@pytest.mark.parametrize("n,dim,max_dim,seed", [(60, 3, 1, 0), (80, 8, 1, 1), (35, 4, 2, 2)])
+def test_ripser_equals_gudhi_rips(n, dim, max_dim, seed):
+    """ripser's float32 values mapped back to float64 edge lengths: GUDHI's diagram exactly."""
+    pts = np.random.default_rng(seed).normal(size=(n, dim))
+    fast = compute_persistence(pts, max_dim=max_dim, method="ripser")
+    ref = compute_persistence(pts, max_dim=max_dim, method="rips")
+    assert fast.method == "ripser" and not fast.approximate
+    for d in range(max_dim + 1):
+        assert len(ref[d]) > 0
+        assert_allclose(fast[d], ref[d], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("max_edge_length", [math.inf, 0.3, 0.5])
+def test_ripser_duplicates_and_threshold_match_gudhi(max_edge_length):
+    pts = np.repeat(np.random.default_rng(3).uniform(size=(20, 2)), 3, axis=0)
+    fast = compute_persistence(pts, method="ripser", max_edge_length=max_edge_length)
+    ref = compute_persistence(pts, method="rips", max_edge_length=max_edge_length)
+    assert len(fast[0]) == len(pts) and (fast[0][:, 1] == 0).sum() == 40  # duplicates: 0-length
+    for d in (0, 1):
+        assert_allclose(fast[d], ref[d], rtol=1e-12, atol=0)
+
+
 def test_collapse_equals_rips():
     pts = np.random.default_rng(7).normal(size=(45, 4))
     rips = compute_persistence(pts, method="rips")
@@ -203,12 +226,21 @@ def test_edge_cases_and_validation():
         compute_persistence(bad)
     with pytest.raises(ValueError, match="2-D"):
         compute_persistence(np.zeros(5))
+    with pytest.raises(ValueError, match="one D for all rows"):
+        compute_persistence([[0.0, 1.0], [2.0, 3.0, 4.0]])  # mismatched dimensions
+    with pytest.raises(ValueError, match="D = 0"):
+        compute_persistence(np.zeros((5, 0)))
+    with pytest.raises(ValueError, match="max_dim"):
+        compute_persistence(np.zeros((5, 2)), max_dim=-1)
+    with pytest.raises(ValueError, match="max_edge_length"):
+        compute_persistence(np.zeros((5, 2)), max_edge_length=0.0)
+    assert compute_persistence(np.zeros((0, 2)), max_dim=0, method="mst")[0].shape == (0, 2)
     with pytest.raises(ValueError, match="H0 only"):
         compute_persistence(np.zeros((5, 2)), max_dim=1, method="mst")
     with pytest.raises(ValueError, match="D <= 3"):
         compute_persistence(np.zeros((5, 4)), method="alpha")
     with pytest.raises(ValueError, match="method must be"):
-        compute_persistence(np.zeros((5, 2)), method="ripser")
+        compute_persistence(np.zeros((5, 2)), method="vietoris")
 
 
 def test_torch_input_and_max_edge_length():
@@ -216,26 +248,29 @@ def test_torch_input_and_max_edge_length():
     a = compute_persistence(torch.tensor(pts, dtype=torch.float32), method="rips")
     b = compute_persistence(pts.astype(np.float32).astype(np.float64), method="rips")
     assert_allclose(a[0], b[0])
-    for method in ("rips", "mst", "alpha"):
+    for method in ("ripser", "rips", "mst", "alpha"):
         d = compute_persistence(pts, max_dim=0, method=method, max_edge_length=2.0)
         assert np.isinf(d[0][:, 1]).sum() == 2  # the two blobs never merge below 2.0
 
 
 def test_auto_thresholds(monkeypatch):
-    assert choose_method(100, 8, 1) == "rips"
+    assert choose_method(100, 8, 1) == "ripser"
+    assert choose_method(100, 3, 1) == "ripser"
     assert choose_method(10_000, 3, 1) == "alpha"
-    assert choose_method(400, 8, 1) == "collapse"
+    assert choose_method(1000, 8, 1) == "ripser"
+    assert choose_method(1000, 8, 2) == "mst"  # H2 by ripser only for small clouds
+    assert choose_method(200, 8, 2) == "ripser"
     assert choose_method(10_000, 8, 1) == "mst"
     assert choose_method(100, 8, 0) == "mst"
     monkeypatch.setattr(persistence_module, "AUTO_RIPS_MAX_POINTS", 5)
-    monkeypatch.setattr(persistence_module, "AUTO_COLLAPSE_MAX_POINTS", 10)
+    monkeypatch.setattr(persistence_module, "AUTO_RIPSER_MAX_POINTS", 10)
     pts = np.random.default_rng(0).normal(size=(30, 4))
     with pytest.warns(RuntimeWarning, match="dropped"):
         d = compute_persistence(pts, max_dim=1)
     assert d.method == "mst" and d.max_dim == 0 and d.notes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert compute_persistence(pts[:5], max_dim=1).method == "rips"
+        assert compute_persistence(pts[:5], max_dim=1).method == "ripser"
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -267,3 +302,63 @@ def test_betti_events_magnitude_and_h0_only():
                                method="mst")
     (event,) = betti_events(one, four, scale=1.0, position=7)
     assert (event.kind, event.magnitude, event.dim) == ("split", 3, 0)
+
+
+# ---- high-dimensional MST: float32 oracle, approximate H0 -----------------------------------
+
+def dense_mst_lengths(pts: np.ndarray) -> np.ndarray:
+    """Reference: scipy's MST of the full distance matrix (distinct points: no zero weights)."""
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import pdist, squareform
+    return np.sort(minimum_spanning_tree(squareform(pdist(pts))).data)
+
+
+def test_brute_oracle_float32_knn_is_exact_and_falls_back(monkeypatch):
+    pts = np.random.default_rng(8).normal(size=(400, 24)) + 50.0  # offset: centring matters
+    oracle = mst_module._BruteOracle(pts)
+    q = np.arange(len(pts))
+    ref_d, ref_i = oracle._knn64(q, 6)
+    d, i = oracle.knn(q, 6)  # 14 float32 candidates of 399: certification is exercised
+    assert_allclose(d, ref_d, rtol=1e-12)
+    np.testing.assert_array_equal(i, ref_i)
+    calls = []
+    monkeypatch.setattr(oracle, "err", 10.0)  # no row can be certified: all redone in float64
+    monkeypatch.setattr(oracle, "_knn64", lambda rows, k: calls.append(len(rows)) or
+                        mst_module._BruteOracle._knn64(oracle, rows, k))
+    d, i = oracle.knn(q, 6)
+    assert calls == [len(pts)] and np.array_equal(i, ref_i)
+
+
+def test_grouped_top_k_equals_top_k(monkeypatch):
+    monkeypatch.setattr(mst_module, "SELECT_MIN_GROUPS", 1)
+    part = torch.randn(7, 64 * 50, generator=torch.Generator().manual_seed(0))
+    vals, cols = mst_module._smallest(part, 9)
+    ref = torch.topk(part, 9, dim=1, largest=False)
+    assert torch.equal(vals, ref.values) and np.array_equal(cols, ref.indices.numpy())
+
+
+@pytest.mark.parametrize("case", ["clusters", "isotropic"])
+def test_exact_mst_high_dim_matches_dense_reference(case):
+    rng = np.random.default_rng(9)
+    if case == "clusters":  # far-apart clusters: the pruned closest-pair fallback runs
+        pts = blobs(rng.normal(size=(5, 32)) * 20, 120, 0.5, seed=4)
+    else:
+        pts = rng.normal(size=(600, 40))
+    _, lengths = euclidean_mst(pts)
+    assert_allclose(np.sort(lengths), dense_mst_lengths(pts), rtol=1e-12)
+    d = compute_persistence(pts, max_dim=0, method="mst")  # <= 2000 points: via ripser
+    assert_allclose(h0_deaths(d), dense_mst_lengths(pts), rtol=1e-12)
+    assert not d.approximate
+
+
+def test_approximate_high_dim_h0_is_labelled_upper_bound():
+    rng = np.random.default_rng(10)
+    basis = np.linalg.qr(rng.normal(size=(64, 4)))[0].T
+    pts = blobs(rng.normal(size=(4, 4)) * 10, 300, 1.0, seed=5) @ basis
+    pts += 0.01 * rng.normal(size=pts.shape)
+    d = compute_persistence(pts, max_dim=0, method="mst", exact=False)
+    assert d.approximate and any("PCA projection" in note for note in d.notes)
+    ref = dense_mst_lengths(pts)
+    approx = h0_deaths(d)
+    assert len(approx) == len(ref) and (approx >= ref - 1e-12).all()
+    assert total_persistence(d, 0) <= 1.05 * ref.sum()  # low intrinsic dimension: close

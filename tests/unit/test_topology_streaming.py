@@ -113,9 +113,21 @@ def test_window_keeps_the_latest_points():
 
 def test_validation():
     for bad in (dict(window=0), dict(chunk_points=0), dict(landmarks=2), dict(dim=2),
-                dict(scale=-1.0), dict(max_latency_ms=0)):
-        with pytest.raises(ValueError):
+                dict(scale=-1.0), dict(max_latency_ms=0), dict(window=10.5), dict(window=True),
+                dict(chunk_points=-5), dict(scale=float("inf")), dict(scale=float("nan")),
+                dict(max_latency_ms=float("nan")), dict(auto_scale_factor=0.0),
+                dict(latency_history=0), dict(h1_method="cech")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             analyser(**bad)
+    huge = analyser(window=10**12)  # absurd window: refused at the first push, not allocated
+    with pytest.raises(ValueError, match="window=1000000000000 .* GiB"):
+        huge.push(np.zeros(3))
+    with pytest.raises(ValueError, match="dimension >= 1"):
+        analyser().push_batch(np.zeros((4, 0)))
+    with pytest.raises(ValueError, match=r"\(n, D\)"):
+        analyser().push_batch(np.zeros(4))
+    with pytest.raises(ValueError, match=r"\(n, D\) array"):
+        analyser().push_batch([[0.0, 1.0], [2.0]])  # ragged: mismatched dimensions
     a = analyser()
     a.push(np.zeros(3))
     with pytest.raises(ValueError, match="dimension 5 .* dimension 3"):
@@ -124,3 +136,18 @@ def test_validation():
         a.push(np.array([0.0, np.nan, 0.0]))
     with pytest.raises(ValueError, match="one vector"):
         a.push(np.zeros((2, 3)))
+
+
+def test_ripser_and_collapse_give_the_same_windows():
+    """The default H1 backend (ripser) and GUDHI collapse: same diagrams, same events."""
+    rng = np.random.default_rng(5)
+    stream = np.concatenate([blob(100, [0, 0], 0.03, rng), ring(100, rng),
+                             blob(100, [0, 0], 0.03, rng)])
+    runs = {}
+    for method in ("ripser", "collapse"):
+        a = analyser(h1_method=method)
+        events = [e.kind for i in range(0, 300, 100) for e in a.push_batch(stream[i:i + 100])]
+        runs[method] = (events, a.last_diagram)
+    assert runs["ripser"][0] == runs["collapse"][0] == ["loop_birth", "loop_death"]
+    for d in (0, 1):
+        np.testing.assert_allclose(runs["ripser"][1][d], runs["collapse"][1][d], rtol=1e-12)

@@ -1,0 +1,141 @@
+"""Load latency and peak RAM: the SQLite weight store against a safetensors file (mmap).
+
+    python -m experiments.bench.weight_store [--ckpt PATH] [--repeats 5] [--chunk-bytes N]
+        [--layer NAME]
+
+The trained GPT's state dict (tied embedding once) is written once as ``model.safetensors`` and
+as ``model.db`` (raw chunks). Each measurement runs in a fresh Python process (torch already
+imported, the peak-RSS counter reset just before the load), so peak RAM is the load's own:
+``VmHWM`` after minus ``VmRSS`` before. Files are in the page cache (one unmeasured warm-up read
+each), i.e. this compares the formats, not the disk. Variants alternate across repeats; medians
+are reported. Goals (issue 8): full load <= 2x safetensors' latency, one layer far cheaper than a
+full load, peak RAM <= 1.2x safetensors'. The last line is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments import REPO_ROOT
+from experiments.bench.h2q_pareto import CANDIDATES, default_checkpoint
+from lit_models.compression.store import WeightStore, _storage_key
+
+PROBE = r"""
+import json, sys, time
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from lit_models.compression.store import WeightStore
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+variant, path, layer = sys.argv[1], sys.argv[2], sys.argv[3]
+with open("/proc/self/clear_refs", "w") as fh:   # reset VmHWM to the current RSS
+    fh.write("5")
+before = status("VmRSS:")
+t0 = time.perf_counter()
+if variant == "safetensors_full":
+    out = load_file(path)
+elif variant == "safetensors_layer":
+    with safe_open(path, framework="pt") as fh:
+        out = {layer: fh.get_tensor(layer)}
+elif variant.startswith("store_full"):
+    with WeightStore(path, "r", cache_bytes=0) as store:
+        out = store.load_state_dict(verify=not variant.endswith("noverify"))
+elif variant == "store_layer":
+    with WeightStore(path, "r", cache_bytes=0) as store:
+        out = {layer: store.load(layer)}
+# read one element per 1 KiB (every page) so lazily mapped tensors are really loaded
+total = sum(float(t.reshape(-1)[::256].double().sum()) for t in out.values())
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "peak_bytes": status("VmHWM:") - before,
+                  "bytes": sum(t.numel() * t.element_size() for t in out.values()),
+                  "checksum": total}))
+"""
+VARIANTS = ("safetensors_full", "store_full", "store_full_noverify", "safetensors_layer", "store_layer")
+
+
+def probe(variant: str, path: Path, layer: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, variant, str(path), layer], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        raise RuntimeError(f"{variant} probe failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def unique_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    from experiments.h2q import read_state_dict
+
+    seen, out = set(), {}
+    for k, v in read_state_dict(ckpt).items():
+        if _storage_key(v) not in seen:  # tied tensors once (safetensors refuses shared memory)
+            seen.add(_storage_key(v))
+            out[k] = v.contiguous()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk-bytes", type=int, default=4 << 20)
+    parser.add_argument("--layer", default=None, help="layer of the one-layer load (default: an MLP matrix)")
+    args = parser.parse_args(argv)
+    ckpt = args.ckpt or default_checkpoint()
+    if ckpt is None or not ckpt.is_file():
+        raise SystemExit(f"no checkpoint: pass --ckpt (looked for {', '.join(CANDIDATES)})")
+    from safetensors.torch import save_file
+
+    state = unique_state(ckpt)
+    layer = args.layer or next((k for k in state if k.endswith("mlp.fc.weight")), max(
+        state, key=lambda k: state[k].numel()))
+    if layer not in state:
+        raise SystemExit(f"--layer {layer!r} is not in {ckpt}; e.g. {sorted(state)[:5]}")
+    with tempfile.TemporaryDirectory(prefix="h2q_store_bench-") as tmp:
+        paths = {"safetensors": Path(tmp) / "model.safetensors", "store": Path(tmp) / "model.db"}
+        save_file(state, str(paths["safetensors"]))
+        with WeightStore(paths["store"], "a", chunk_bytes=args.chunk_bytes, journal="delete") as store:
+            store.put_state_dict(state)
+        sizes = {k: p.stat().st_size for k, p in paths.items()}
+        results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for variant in VARIANTS:  # warm-up: page cache and first-import costs
+            probe(variant, paths[variant.split("_")[0]], layer)
+        for i in range(args.repeats):
+            for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+                results[variant].append(probe(variant, paths[variant.split("_")[0]], layer))
+    med = {v: {"ms": 1e3 * statistics.median(r["seconds"] for r in rs),
+               "peak_mb": statistics.median(r["peak_bytes"] for r in rs) / 1e6,
+               "mb": rs[0]["bytes"] / 1e6} for v, rs in results.items()}
+    n_params = sum(t.numel() for t in state.values())
+    print(f"checkpoint {ckpt}: {len(state)} tensors, {n_params / 1e6:.2f}M parameters; "
+          f"safetensors file {sizes['safetensors'] / 1e6:.2f} MB, store file {sizes['store'] / 1e6:.2f} MB "
+          f"(chunks of {args.chunk_bytes} bytes); one layer = {layer}; median of {args.repeats}")
+    print(f"{'variant':22s} {'loaded MB':>9s} {'latency ms':>10s} {'peak RAM MB':>11s}")
+    for v, m in med.items():
+        print(f"{v:22s} {m['mb']:9.2f} {m['ms']:10.1f} {m['peak_mb']:11.1f}")
+    full, sf = med["store_full"], med["safetensors_full"]
+    figure = {
+        "full_latency_ratio": full["ms"] / sf["ms"], "full_peak_ratio": full["peak_mb"] / sf["peak_mb"],
+        "layer_vs_full": full["ms"] / med["store_layer"]["ms"], "sizes": sizes, "medians": med,
+    }
+    print(f"weight_store: full load {full['ms']:.1f} ms vs safetensors {sf['ms']:.1f} ms "
+          f"(x{figure['full_latency_ratio']:.2f}, goal <= 2); one layer {med['store_layer']['ms']:.1f} ms "
+          f"({figure['layer_vs_full']:.0f}x cheaper than the full load); peak RAM {full['peak_mb']:.1f} MB "
+          f"vs {sf['peak_mb']:.1f} MB (x{figure['full_peak_ratio']:.2f}, goal <= 1.2)")
+    return figure
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,647 @@
+"""A chunked SQLite weight store: raw little-endian bytes + dtype + shape, never pickle.
+
+Schema (the write-up's, plus what integrity needs)::
+
+    weight_chunks(chunk_id TEXT PRIMARY KEY,        -- "<layer_name>#<chunk_index>"
+                  layer_name, chunk_index, n_chunks, tensor_shape (JSON), dtype, byte_offset,
+                  sha256,                           -- of data, verified on every read
+                  invariants (JSON), compression_info (JSON), created_at, access_count,
+                  data BLOB)                        -- raw bytes of the tensor, C order (last)
+    metadata(key TEXT PRIMARY KEY, value TEXT)      -- format, schema_version, aliases, ...
+    indexes on (layer_name, chunk_index) and access_count
+
+* Every write runs in a transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): a writer killed
+  mid-write leaves the previous state intact (SQLite rolls the partial transaction back).
+* Reads stream chunk by chunk (``iter_chunks``) or fill one preallocated tensor (``load``),
+  with a byte-budgeted LRU cache of decoded tensors and per-chunk access counts (kept in
+  memory and written back by ``flush``/``close`` on writable stores).
+* WAL journaling (the default) lets any number of readers work while one process writes.
+* A compressed layer is one payload (``codecs.to_payload``) whose ``compression_info`` names its
+  codec; ``load`` decodes it. Parts that codecs mark as shared (a quaternion codebook) are
+  stored once, as a ``__shared__/<key>`` layer. Tied tensors (one storage under two names, like
+  tied input/output embeddings) are stored once, the second name recorded as an alias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lit_models.compression.codecs import (
+    Encoded,
+    decode,
+    dtype_from_name,
+    dtype_name,
+    from_payload,
+    tensor_bytes,
+    to_payload,
+)
+
+FORMAT = "lhp-weight-store"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SHARED_PREFIX = "__shared__/"
+# ``data`` is the last column: SQLite stores a large BLOB in a chain of overflow pages, and any
+# column after it could only be read by walking that chain (a 4x slower load, measured).
+CHUNK_COLUMNS = ("chunk_id", "layer_name", "chunk_index", "n_chunks", "tensor_shape", "dtype",
+                 "byte_offset", "sha256", "invariants", "compression_info", "created_at",
+                 "access_count", "data")
+SCHEMA = """
+CREATE TABLE weight_chunks (
+    chunk_id TEXT PRIMARY KEY,
+    layer_name TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    n_chunks INTEGER NOT NULL,
+    tensor_shape TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    byte_offset INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    invariants TEXT,
+    compression_info TEXT,
+    created_at REAL NOT NULL,
+    access_count INTEGER NOT NULL DEFAULT 0,
+    data BLOB NOT NULL
+);
+CREATE INDEX idx_weight_chunks_layer ON weight_chunks(layer_name, chunk_index);
+CREATE INDEX idx_weight_chunks_access ON weight_chunks(access_count);
+CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+if sys.byteorder != "little":  # the format is little-endian raw bytes
+    raise ImportError("lit_models.compression.store supports little-endian hosts only")
+
+
+class WeightStoreError(ValueError):
+    """The file is not a (valid) weight store, or a stored chunk is damaged."""
+
+
+class ChecksumError(WeightStoreError):
+    """A chunk's bytes do not match the SHA-256 recorded when it was written."""
+
+
+class LayerNotFoundError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the store knows of a layer without reading its data."""
+
+    name: str
+    shape: tuple[int, ...]          # of the decoded tensor
+    dtype: str                      # of the decoded tensor
+    stored_bytes: int               # bytes of its chunks in the database
+    n_chunks: int
+    codec: str | None               # None: raw bytes
+    invariants: dict[str, Any] | None
+    access_count: int
+
+
+class WeightStore:
+    """Chunked SQLite store of named tensors (see the module docstring).
+
+    Args:
+        path: database file.
+        mode: ``"r"`` (must exist, read-only) or ``"a"`` (create if missing, read/write).
+        chunk_bytes: size of a stored chunk (rounded down to whole elements).
+        cache_bytes: byte budget of the LRU cache of decoded tensors (0 disables it).
+        journal: ``"wal"`` (concurrent readers) or ``"delete"`` (a single self-contained file).
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r", chunk_bytes: int = 1 << 20,
+                 cache_bytes: int = 256 << 20, journal: str = "wal") -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"WeightStore mode must be 'r' or 'a', got {mode!r}")
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 64:
+            raise ValueError(f"WeightStore chunk_bytes must be an int >= 64, got {chunk_bytes!r}")
+        if not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"WeightStore cache_bytes must be an int >= 0, got {cache_bytes!r}")
+        if journal not in ("wal", "delete"):
+            raise ValueError(f"WeightStore journal must be 'wal' or 'delete', got {journal!r}")
+        self.path = Path(path)
+        self.mode, self.chunk_bytes, self.cache_bytes = mode, chunk_bytes, cache_bytes
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+        self.cache_hits = self.cache_misses = 0
+        self._pending_access: Counter[str] = Counter()
+        self._conn = self._open(journal)
+        self.aliases: dict[str, str] = json.loads(self.get_metadata("aliases") or "{}")
+
+    # ------------------------------------------------------------------ opening
+    def _open(self, journal: str) -> sqlite3.Connection:
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if self.mode == "r" and not self.path.is_file():
+            raise FileNotFoundError(f"weight store not found: {self.path}")
+        if exists:
+            with open(self.path, "rb") as fh:
+                header = fh.read(100)
+            if header[:16] != SQLITE_MAGIC:
+                raise WeightStoreError(f"{self.path}: not a weight store (not an SQLite database; "
+                                       f"header starts {header[:16]!r})")
+        uri = f"file:{self.path}?mode={'ro' if self.mode == 'r' else 'rwc'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+            if exists:
+                self._check_size(conn, header)
+                self._check_schema(conn)
+            else:
+                conn.execute("PRAGMA page_size=65536")  # large BLOBs: fewer overflow pages
+            if self.mode == "a":
+                conn.execute(f"PRAGMA journal_mode={journal.upper()}")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA mmap_size=0")  # mapped pages would count as RAM twice (bench)
+            if not exists:
+                with _transaction(conn):
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.executemany("INSERT INTO metadata VALUES (?, ?)", [
+                        ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
+                        ("created_at", repr(time.time())), ("aliases", "{}")])
+        except sqlite3.DatabaseError as err:
+            raise WeightStoreError(f"{self.path}: cannot open as a weight store: {err}") from err
+        return conn
+
+    def _check_size(self, conn: sqlite3.Connection, header: bytes) -> None:
+        """A file shorter than its header's page count was truncated (ignoring a live WAL)."""
+        wal = Path(f"{self.path}-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            return
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        if pages and self.path.stat().st_size < page_size * pages:
+            raise WeightStoreError(
+                f"{self.path}: truncated weight store ({self.path.stat().st_size} bytes, "
+                f"header says {pages} pages of {page_size})")
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(weight_chunks)")]
+        meta = dict(conn.execute("SELECT key, value FROM metadata")) if "metadata" in tables else {}
+        if tuple(columns) != CHUNK_COLUMNS or meta.get("format") != FORMAT:
+            raise WeightStoreError(
+                f"{self.path}: wrong schema for a weight store: expected tables weight_chunks"
+                f"{CHUNK_COLUMNS} and metadata with format={FORMAT!r}; found tables "
+                f"{sorted(tables)}, weight_chunks columns {columns}, format {meta.get('format')!r}")
+        if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
+            raise WeightStoreError(f"{self.path}: schema_version {meta['schema_version']} is newer "
+                                   f"than this code's {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            self.flush()
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> WeightStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise WeightStoreError(f"{self.path}: the store is closed")
+        return self._conn
+
+    def _writable(self) -> sqlite3.Connection:
+        if self.mode != "a":
+            raise WeightStoreError(f"{self.path}: opened read-only (mode='r'); use mode='a' to write")
+        return self._db()
+
+    # ---------------------------------------------------------------- metadata
+    def get_metadata(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db().execute("SELECT value FROM metadata WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_metadata(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._writable().execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[WeightStore]:
+        """All writes inside one ``with`` block commit together or not at all (nestable)."""
+        with self._lock:
+            conn = self._writable()
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with _transaction(conn):
+                    yield self
+            except BaseException:
+                self.aliases = json.loads(self.get_metadata("aliases") or "{}")
+                self._cache.clear()
+                self._cached_bytes = 0
+                raise
+            finally:
+                self._depth = 0
+
+    def put(self, name: str, tensor: torch.Tensor, invariants: Mapping[str, Any] | None = None,
+            compression_info: Mapping[str, Any] | None = None) -> None:
+        """Store ``tensor`` under ``name`` (replacing it) as raw chunks with SHA-256 checksums."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.path}: layer name must be a non-empty string, got {name!r}")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{self.path}: layer {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
+        dtype = dtype_name(tensor.dtype, f"{self.path}: layer {name!r}")
+        raw = tensor_bytes(tensor)
+        itemsize = max(tensor.element_size(), 1)
+        step = max(self.chunk_bytes // itemsize, 1) * itemsize
+        n_chunks = max(math.ceil(raw.nbytes / step), 1)
+        shape = json.dumps(list(tensor.shape))
+        inv = json.dumps(dict(invariants), allow_nan=True) if invariants is not None else None
+        comp = json.dumps(dict(compression_info)) if compression_info is not None else None
+        now = time.time()
+        with self.transaction():
+            conn = self._writable()
+            conn.execute("DELETE FROM weight_chunks WHERE layer_name=?", (name,))
+            for i in range(n_chunks):
+                data = raw[i * step:(i + 1) * step]
+                conn.execute(
+                    "INSERT INTO weight_chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?)",
+                    (f"{name}#{i}", name, i, n_chunks, shape, dtype, i * step,
+                     hashlib.sha256(data).hexdigest(), inv if i == 0 else None,
+                     comp if i == 0 else None, now, data))
+            if name in self.aliases:
+                self._set_aliases({k: v for k, v in self.aliases.items() if k != name})
+        self._evict(name)
+        self._pending_access.pop(name, None)  # a replaced layer starts counting afresh
+
+    def put_encoded(self, name: str, encoded: Encoded,
+                    invariants: Mapping[str, Any] | None = None) -> None:
+        """Store a compressed tensor as one payload; shared parts go to ``__shared__/<key>``."""
+        shared = dict(encoded.meta.get("shared", {}))
+        own = Encoded(encoded.codec, {k: v for k, v in encoded.parts.items() if k not in shared},
+                      encoded.meta)
+        payload, info = to_payload(own)
+        with self.transaction():
+            for part, key in shared.items():
+                if not self.has(SHARED_PREFIX + key):
+                    self.put(SHARED_PREFIX + key, encoded.parts[part])
+                info["parts"].append({"name": part, "ref": SHARED_PREFIX + key})
+            self.put(name, torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+                     if payload else torch.empty(0, dtype=torch.uint8), invariants, info)
+
+    def put_state_dict(self, state_dict: Mapping[str, torch.Tensor],
+                       put: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, str]:
+        """Store every tensor in one transaction; a tensor sharing another's storage and view
+        (tied weights) becomes an alias of the first name instead of a second copy.
+
+        ``put(name, tensor)`` writes one tensor (default: ``self.put``, raw); returns the aliases.
+        """
+        seen: dict[tuple, str] = {}
+        aliases = dict(self.aliases)
+        with self.transaction():
+            for name, tensor in state_dict.items():
+                key = _storage_key(tensor)
+                if key is not None and key in seen:
+                    aliases[name] = seen[key]
+                    continue
+                if key is not None:
+                    seen[key] = name
+                (put or self.put)(name, tensor)
+            self._set_aliases(aliases)
+        return aliases
+
+    def _set_aliases(self, aliases: dict[str, str]) -> None:
+        self._writable().execute("INSERT OR REPLACE INTO metadata VALUES ('aliases', ?)",
+                                 (json.dumps(aliases, sort_keys=True),))
+        self.aliases = aliases
+
+    def delete(self, name: str) -> None:
+        with self.transaction():
+            target = self._resolve(name)
+            if target != name:
+                self._set_aliases({k: v for k, v in self.aliases.items() if k != name})
+            else:  # the layer and every alias of it
+                self._writable().execute("DELETE FROM weight_chunks WHERE layer_name=?", (name,))
+                self._set_aliases({k: v for k, v in self.aliases.items() if v != name})
+        self._evict(name)
+
+    # ------------------------------------------------------------------ reading
+    def names(self, include_shared: bool = False) -> list[str]:
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT layer_name FROM weight_chunks WHERE chunk_index=0").fetchall()
+        names = [r[0] for r in rows if include_shared or not r[0].startswith(SHARED_PREFIX)]
+        return sorted(names + list(self.aliases))
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return self._db().execute(
+                "SELECT 1 FROM weight_chunks WHERE layer_name=? AND chunk_index=0",
+                (self.aliases.get(name, name),)).fetchone() is not None
+
+    def _resolve(self, name: str) -> str:
+        target = self.aliases.get(name, name)
+        if not self.has(target):
+            stored = self.names()
+            raise LayerNotFoundError(
+                f"{self.path}: no layer {name!r}; the store holds {len(stored)} layers"
+                + (f", e.g. {stored[:5]}" if stored else ""))
+        return target
+
+    def _head(self, name: str) -> tuple:
+        with self._lock:
+            return self._db().execute(
+                "SELECT tensor_shape, dtype, n_chunks, invariants, compression_info "
+                "FROM weight_chunks WHERE layer_name=? AND chunk_index=0", (name,)).fetchone()
+
+    def info(self, name: str) -> LayerInfo:
+        target = self._resolve(name)
+        shape, dtype, n_chunks, inv, comp = self._head(target)
+        with self._lock:
+            stored, access = self._db().execute(
+                "SELECT SUM(LENGTH(data)), SUM(access_count) FROM weight_chunks WHERE layer_name=?",
+                (target,)).fetchone()
+        comp = json.loads(comp) if comp else None
+        if comp:
+            shape, dtype = comp["meta"]["shape"], comp["meta"]["dtype"]
+        else:
+            shape = json.loads(shape)
+        return LayerInfo(name, tuple(shape), dtype, int(stored), int(n_chunks),
+                         comp["codec"] if comp else None, json.loads(inv) if inv else None,
+                         int(access) + self._pending_access[target])
+
+    def iter_chunks(self, name: str, verify: bool = True) -> Iterator[torch.Tensor]:
+        """Stream a layer's stored tensor as flat chunks (checksummed), in order.
+
+        Raw layers yield 1-D tensors of consecutive elements; compressed layers yield their
+        payload bytes (uint8). Concatenated, the chunks are the flattened stored tensor.
+        """
+        target = self._resolve(name)
+        shape, dtype, n_chunks, _, _ = self._head(target)
+        torch_dtype = dtype_from_name(dtype, f"{self.path}: layer {target!r}")
+        for _, _, data in self._chunk_rows(target, n_chunks, verify):
+            yield _frombytes(data, torch_dtype)
+
+    def _chunk_rows(self, name: str, n_chunks: int, verify: bool) -> Iterator[tuple[int, int, bytes]]:
+        with self._lock:
+            cursor = self._db().execute(
+                "SELECT chunk_id, chunk_index, byte_offset, sha256, data FROM weight_chunks "
+                "WHERE layer_name=? ORDER BY chunk_index", (name,))
+            count = 0
+            try:
+                for chunk_id, index, offset, sha, data in cursor:
+                    if index != count:
+                        break
+                    if verify and hashlib.sha256(data).hexdigest() != sha:
+                        raise ChecksumError(
+                            f"{self.path}: chunk {chunk_id!r} of layer {name!r} fails its SHA-256 "
+                            "check (the file was modified or damaged)")
+                    count += 1
+                    yield index, offset, data
+            except sqlite3.DatabaseError as err:
+                raise WeightStoreError(f"{self.path}: cannot read layer {name!r}: {err}") from err
+            finally:
+                cursor.close()
+        if count != n_chunks:
+            raise WeightStoreError(f"{self.path}: layer {name!r} is incomplete: found {count} "
+                                   f"of {n_chunks} chunks")
+        self._pending_access[name] += 1
+
+    def load_stored(self, name: str, verify: bool = True) -> tuple[torch.Tensor, dict | None]:
+        """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info."""
+        target = self._resolve(name)
+        shape, dtype, n_chunks, _, comp = self._head(target)
+        torch_dtype = dtype_from_name(dtype, f"{self.path}: layer {target!r}")
+        shape = tuple(json.loads(shape))
+        storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
+        out = torch.empty(math.prod(shape), dtype=storage)
+        buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
+        total = 0
+        for _, offset, data in self._chunk_rows(target, n_chunks, verify):
+            if offset + len(data) > buf.size:
+                raise WeightStoreError(f"{self.path}: layer {target!r} has more bytes than its "
+                                       f"shape {shape} and dtype {dtype} hold")
+            buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+            total += len(data)
+        if total != buf.size:
+            raise WeightStoreError(f"{self.path}: layer {target!r} holds {total} bytes, its shape "
+                                   f"{shape} and dtype {dtype} need {buf.size}")
+        out = out.reshape(shape)
+        return (out.to(torch.bool) if torch_dtype == torch.bool else out), (
+            json.loads(comp) if comp else None)
+
+    def load(self, name: str, verify: bool = True) -> torch.Tensor:
+        """The (decoded) tensor. Cached tensors are shared: clone before modifying in place."""
+        target = self._resolve(name)
+        with self._lock:
+            if target in self._cache:
+                self._cache.move_to_end(target)
+                self.cache_hits += 1
+                self._pending_access[target] += 1
+                return self._cache[target]
+            self.cache_misses += 1
+        stored, comp = self.load_stored(target, verify)
+        tensor = stored if comp is None else decode(self._encoded(stored, comp, verify))
+        self._remember(target, tensor)
+        return tensor
+
+    def _encoded(self, payload: torch.Tensor, comp: dict, verify: bool) -> Encoded:
+        refs = [p for p in comp["parts"] if "ref" in p]
+        own = {**comp, "parts": [p for p in comp["parts"] if "ref" not in p]}
+        enc = from_payload(memoryview(payload.numpy()), own)
+        for p in refs:
+            enc.parts[p["name"]] = self.load(p["ref"], verify)
+        return enc
+
+    def load_encoded(self, name: str) -> Encoded | None:
+        """A compressed layer's ``Encoded`` (codes, codebooks, ...); None for a raw layer."""
+        stored, comp = self.load_stored(name)
+        return None if comp is None else self._encoded(stored, comp, True)
+
+    def load_state_dict(self, names: list[str] | None = None, verify: bool = True,
+                        ) -> dict[str, torch.Tensor]:
+        """All (or the given) layers; aliases come back as the same tensor object (tied)."""
+        out: dict[str, torch.Tensor] = {}
+        by_target: dict[str, torch.Tensor] = {}
+        for name in names if names is not None else self.names():
+            target = self._resolve(name)
+            if target not in by_target:
+                by_target[target] = self.load(target, verify)
+            out[name] = by_target[target]
+        return out
+
+    def load_into(self, module: torch.nn.Module, strict: bool = True) -> None:
+        """Copy the stored weights into ``module``, naming this file and every mismatch (missing,
+        unexpected or differently shaped layers) when they were written for another model."""
+        expected = module.state_dict()
+        stored = set(self.names())
+        missing = sorted(set(expected) - stored)
+        unexpected = sorted(stored - set(expected))
+        shapes = {k: (self.info(k).shape, tuple(expected[k].shape)) for k in sorted(stored & set(expected))
+                  if self.info(k).shape != tuple(expected[k].shape)}
+        if shapes or (strict and (missing or unexpected)):
+            raise WeightStoreError(
+                f"{self.path}: weights do not fit {type(module).__name__} (written by another "
+                f"model?): missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"shape mismatch (stored, expected) {dict(list(shapes.items())[:5])}")
+        module.load_state_dict(self.load_state_dict(sorted(stored & set(expected))), strict=False)
+
+    # -------------------------------------------------------------------- cache
+    def _remember(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        with self._lock:
+            if self.cache_bytes == 0 or size > self.cache_bytes:
+                return
+            self._evict(name)
+            self._cache[name] = tensor
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
+
+    def _evict(self, name: str) -> None:
+        with self._lock:
+            old = self._cache.pop(name, None)
+            if old is not None:
+                self._cached_bytes -= old.numel() * old.element_size()
+
+    @property
+    def cached(self) -> list[str]:
+        """Names in the LRU cache, least recently used first."""
+        return list(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    # --------------------------------------------------------- maintenance/stats
+    def flush(self) -> None:
+        """Write the in-memory access counts back (writable stores; read-only ones keep them)."""
+        if self.mode != "a" or not self._pending_access or self._conn is None:
+            return
+        with self.transaction():
+            self._writable().executemany(
+                "UPDATE weight_chunks SET access_count = access_count + ? WHERE layer_name=?",
+                [(n, name) for name, n in self._pending_access.items()])
+        self._pending_access.clear()
+
+    def verify(self) -> int:
+        """Check every chunk's SHA-256 (raises ``ChecksumError`` naming the first bad chunk)."""
+        n = 0
+        for name in self.names(include_shared=True):
+            if name in self.aliases:
+                continue
+            n_chunks = self._head(name)[2]
+            n += sum(1 for _ in self._chunk_rows(name, n_chunks, verify=True))
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """Database statistics: layers, chunks, bytes, codecs, accesses, cache."""
+        with self._lock:
+            conn = self._db()
+            n_chunks, stored = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM weight_chunks").fetchone()
+            heads = conn.execute("SELECT layer_name, tensor_shape, dtype, compression_info "
+                                 "FROM weight_chunks WHERE chunk_index=0").fetchall()
+            access = dict(conn.execute("SELECT layer_name, SUM(access_count) FROM weight_chunks "
+                                       "GROUP BY layer_name").fetchall())
+        codecs: Counter[str] = Counter()
+        logical = 0
+        for name, shape, dtype, comp in heads:
+            if name.startswith(SHARED_PREFIX):
+                continue
+            info = json.loads(comp) if comp else None
+            codecs[info["codec"] if info else "raw"] += 1
+            if info:
+                shape, dtype = info["meta"]["shape"], info["meta"]["dtype"]
+            else:
+                shape = json.loads(shape)
+            itemsize = torch.empty((), dtype=dtype_from_name(dtype, name)).element_size()
+            logical += math.prod(shape) * itemsize
+        for name, n in self._pending_access.items():
+            access[name] = access.get(name, 0) + n
+        top = sorted(access.items(), key=lambda kv: -kv[1])[:5]
+        file_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                         if p.is_file())
+        return {
+            "path": str(self.path), "file_bytes": file_bytes, "layers": sum(codecs.values()),
+            "aliases": len(self.aliases), "chunks": int(n_chunks), "stored_bytes": int(stored),
+            "logical_bytes": logical, "compression_ratio": logical / stored if stored else None,
+            "codecs": dict(codecs), "total_accesses": int(sum(access.values())),
+            "most_accessed": top, "cache": {"entries": len(self._cache), "bytes": self._cached_bytes,
+                                            "budget": self.cache_bytes, "hits": self.cache_hits,
+                                            "misses": self.cache_misses},
+        }
+
+    def export_safetensors(self, path: str | os.PathLike, names: list[str] | None = None) -> Path:
+        """Write the decoded tensors to a safetensors file (atomically: temp file + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors, seen = {}, set()
+        for name, t in self.load_state_dict(names).items():
+            tensors[name] = t.clone() if id(t) in seen else t.contiguous()  # no shared storage
+            seen.add(id(t))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={"source": str(self.path), "format": FORMAT})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    """Identity of a tensor's memory and view: equal keys mean the same values (tied weights)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+            t.dtype)
+
+
+def _frombytes(data: bytes, dtype: torch.dtype) -> torch.Tensor:
+    storage = torch.uint8 if dtype == torch.bool else dtype
+    out = torch.frombuffer(bytearray(data), dtype=storage) if data else torch.empty(0, dtype=storage)
+    return out.to(torch.bool) if dtype == torch.bool else out
+
+
+def is_weight_store(path: str | os.PathLike) -> bool:
+    """Cheap test used by loaders: does the file start with the SQLite header?"""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
