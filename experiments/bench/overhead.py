@@ -62,6 +62,18 @@ def platform_run(cfg, warmup: int) -> float:
     return timer.tokens / (timer.t1 - timer.t0)
 
 
+def bare_step(net: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict,
+              clip: float | None) -> None:
+    """One plain training step (forward, CE, backward, clip, optimizer): the bare-loop reference."""
+    logits, _ = net(batch["input_ids"])
+    loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+
+
 def bare_run(cfg, datamodule, steps: int, warmup: int) -> float:
     """The minimal loop: forward, CE, backward, clip, AdamW step, LR schedule step."""
     L.seed_everything(cfg.seed)
@@ -76,12 +88,7 @@ def bare_run(cfg, datamodule, steps: int, warmup: int) -> float:
         for batch in datamodule.train_dataloader():
             if step == warmup:
                 t0 = time.perf_counter()
-            logits, _ = net(batch["input_ids"])
-            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.trainer.gradient_clip_val)
-            opt.step()
+            bare_step(net, opt, batch, cfg.trainer.gradient_clip_val)
             sched.step()
             step += 1
             if step > warmup:

@@ -29,11 +29,10 @@ from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import open_dict
 
 from callbacks.topology_metrics import TopologyMetrics, diagram_image
-from experiments.bench.overhead import StepTimer
+from experiments.bench.overhead import StepTimer, bare_step
 from experiments.train import train
 from experiments.utils import compose_config
 from lit_models.optim import build_optimizer
@@ -74,12 +73,7 @@ def quick(out: Path, experiment: str, steps: int, rounds: int, overrides: list[s
     def train_step() -> None:
         batch = next(batches)
         model.train()
-        logits, _ = model(batch["input_ids"])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
-        opt.step()
+        bare_step(model, opt, batch, cfg.trainer.gradient_clip_val)
 
     def computation() -> None:
         diagrams = cb.diagrams(model)
