@@ -124,12 +124,36 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
                 + (f"add a weight for {missing}" if missing else f"remove {unused}")
             )
 
+    def extra_loss_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor
+                         ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Recipe-specific ``{name: (weight, term)}`` added to the loss (none here; the
+        distillation recipe adds its teacher terms)."""
+        return {}
+
+    def _check_finite(self, terms: Mapping[str, tuple[float, torch.Tensor]]) -> None:
+        """Stop on a NaN/inf regularizer term before it reaches the weights (one device sync).
+
+        Raising here leaves every checkpoint already written (last.ckpt included) untouched.
+        """
+        if not terms or bool(torch.isfinite(torch.cat(
+                [term.detach().float().reshape(-1) for _, term in terms.values()])).all()):
+            return
+        bad = [k for k, (_, term) in terms.items() if not bool(torch.isfinite(term).all())]
+        raise FloatingPointError(
+            f"loss term(s) {bad} of architecture {self.hparams.arch!r} are not finite at step "
+            f"{self.global_step}: training stopped before the optimizer step; checkpoints "
+            "already written are kept (resume from last.ckpt, e.g. with a lower lambda or lr)"
+        )
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, ce, aux = self._loss(batch)
+        logits, ce, aux = self._loss(batch)
         self._check_terms(aux)
+        weighted = {k: (self.hparams.loss_weights[k], term) for k, term in aux.items()}
+        weighted.update(self.extra_loss_terms(batch, logits))
+        self._check_finite(weighted)
         total = ce
-        for key, term in aux.items():
-            total = total + self.hparams.loss_weights[key] * term
+        for key, (weight, term) in weighted.items():
+            total = total + weight * term
             self.log(f"train/loss_{key}", term, on_step=True)
         mask = batch.get("attention_mask")
         n_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()

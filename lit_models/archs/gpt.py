@@ -45,31 +45,32 @@ class GPTConfig:
     phm_n: int = 4
 
     def __post_init__(self) -> None:
+        name = type(self).__name__  # subclasses (QTGConfig) reuse these checks
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, key)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{key} must be a positive int, got {value!r}")
+                raise ValueError(f"{name}.{key} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
+                f"{name}.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
             )
         if self.pos_embedding not in ("learned", "rope"):
             raise ValueError(
-                f"GPTConfig.pos_embedding must be 'learned' or 'rope', got {self.pos_embedding!r}"
+                f"{name}.pos_embedding must be 'learned' or 'rope', got {self.pos_embedding!r}"
             )
         if self.pos_embedding == "rope" and self.head_dim % 2:
-            raise ValueError(f"GPTConfig: rotary positions need an even head dim, got {self.head_dim}")
+            raise ValueError(f"{name}: rotary positions need an even head dim, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio <= 0:
-            raise ValueError(f"GPTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+            raise ValueError(f"{name}.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.linear not in LINEAR_KINDS:
-            raise ValueError(f"GPTConfig.linear must be one of {LINEAR_KINDS}, got {self.linear!r}")
+            raise ValueError(f"{name}.linear must be one of {LINEAR_KINDS}, got {self.linear!r}")
         if self.linear == "phm":
             if not isinstance(self.phm_n, int) or self.phm_n < 1:
-                raise ValueError(f"GPTConfig.phm_n must be a positive int, got {self.phm_n!r}")
+                raise ValueError(f"{name}.phm_n must be a positive int, got {self.phm_n!r}")
             if self.n_embd % self.phm_n or self.mlp_hidden % self.phm_n:
-                raise ValueError(f"GPTConfig.phm_n={self.phm_n} must divide n_embd={self.n_embd} "
+                raise ValueError(f"{name}.phm_n={self.phm_n} must divide n_embd={self.n_embd} "
                                  f"and the MLP width {self.mlp_hidden}")
 
     @property
@@ -97,7 +98,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(
                 c.n_embd,
-                CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope, linear),
+                self.make_attention(rope, linear),
                 MLP(c.n_embd, c.mlp_hidden, c.dropout, c.bias, linear),
                 bias=c.bias,
             )
@@ -115,6 +116,11 @@ class GPT(nn.Module):
         for name, m in self.named_modules():  # the same two scales for hypercomplex layers
             if isinstance(m, PHMLinear):
                 m.reset_parameters(0.02 / math.sqrt(2 * c.n_layer) if name.endswith("proj") else 0.02)
+
+    def make_attention(self, rope: RotaryEmbedding | None, linear) -> nn.Module:
+        """Each block's attention; a hook for subclasses (QTG swaps in Fisher-Rao attention)."""
+        c = self.config
+        return CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope, linear)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

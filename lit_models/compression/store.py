@@ -33,9 +33,9 @@ import sqlite3
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -79,9 +79,15 @@ def experiments_to_run() -> list[str]:
     return [n for n in names if f"{n}_tiny" not in names]
 
 
+# Experiments that need a file made by another run: name -> fixture giving their overrides.
+NEEDS = {"indra_kd_tiny": lambda request: [
+    f"model.teacher.path={request.getfixturevalue('tiny_teacher')}"]}
+
+
 @pytest.mark.parametrize("name", experiments_to_run())
-def test_experiment_fast_dev_run(make_cfg, name: str) -> None:
-    cfg = make_cfg([f"experiment={name}", "trainer.fast_dev_run=true"])
+def test_experiment_fast_dev_run(make_cfg, name: str, request: pytest.FixtureRequest) -> None:
+    extra = NEEDS[name](request) if name in NEEDS else []
+    cfg = make_cfg([f"experiment={name}", "trainer.fast_dev_run=true", *extra])
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 1
     assert "val/loss" in metrics and "test/loss" in metrics

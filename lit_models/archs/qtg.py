@@ -1,0 +1,137 @@
+"""QTG: quantum embedding -> topological filter -> Fisher-Rao attention blocks (seeds/qtg_model.md).
+
+A pre-LN GPT (``GPT``'s blocks, MLP, positions, tied head, KV cache) with three switchable parts:
+
+* ``use_qembed``: ``QEmbed``, token -> unit-norm complex amplitudes (``n_embd / 2`` of them,
+  carried as the real vector ``[Re | Im]``); off: the plain embedding.
+* ``topo_filter``: ``"mst"`` (H0 persistence filter), ``"knn_mean"`` (k-NN mean control of equal
+  cost) or ``"none"``; applied once to the embeddings, before positions are added.
+* ``attention``: ``"geo"`` (Fisher-Rao distance scores) or ``"dot"`` (the GPT's SDPA attention).
+
+Loss (the LanguageModel adds it): ``CE + lambda_topo L_topo + lambda_geo L_geo + lambda_quantum
+L_quantum`` with the lambdas in ``model.loss_weights`` (defaults ``QTG_LOSS_WEIGHTS``). The terms,
+returned by ``forward`` as aux losses (0 when their component is switched off, so every
+ablation logs the same terms with the same weights):
+
+* ``quantum``: ``mean (||f(x)||^2 - 1)^2`` over tokens, f the embedding before normalisation
+  (see ``QEmbed``);
+* ``topo``: soft total persistence of the filter's short-lived H0 bars (see ``TopoFilter``);
+* ``geo``: mean over layers of the normalised KL(p || uniform) of the query/key distributions
+  (see ``GeoSelfAttention``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lit_models.archs.gpt import GPT, GPTConfig
+from lit_models.archs.registry import register
+from lit_models.components.geo_attention import GeoSelfAttention
+from lit_models.components.qembed import QEmbed
+from lit_models.components.rope import RotaryEmbedding
+from lit_models.components.topo_filter import FILTER_MODES, TopoFilter
+
+QTG_LOSS_WEIGHTS = {"topo": 0.1, "geo": 0.05, "quantum": 0.01}
+ATTENTION_KINDS = ("geo", "dot")
+
+
+@dataclass
+class QTGConfig(GPTConfig):
+    use_qembed: bool = True
+    topo_filter: str = "mst"  # "mst" | "knn_mean" | "none"
+    topo_k: int = 4  # earlier neighbours per token in the k-NN graph
+    topo_threshold: float = 1.0  # persistence below which components merge (chordal scale [0, 2])
+    topo_temperature: float = 0.05  # softness of that threshold
+    attention: str = "geo"  # "geo" | "dot"
+    geo_gamma_init: float = 1.0  # initial per-head gamma of -gamma * d_FR^2
+    geo_eps: float = 1e-6  # Bhattacharyya coefficient clamped to [0, 1 - geo_eps]
+    activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.topo_filter not in FILTER_MODES:
+            raise ValueError(f"QTGConfig.topo_filter must be one of {FILTER_MODES}, "
+                             f"got {self.topo_filter!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"QTGConfig.attention must be one of {ATTENTION_KINDS}, "
+                             f"got {self.attention!r}")
+        if isinstance(self.topo_k, bool) or not isinstance(self.topo_k, int) or self.topo_k < 1:
+            raise ValueError(f"QTGConfig.topo_k must be a positive int, got {self.topo_k!r}")
+        if self.topo_k >= self.block_size:
+            raise ValueError(f"QTGConfig.topo_k={self.topo_k} must be < block_size="
+                             f"{self.block_size} (the sequence length)")
+        for key in ("topo_threshold", "topo_temperature", "geo_gamma_init"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"QTGConfig.{key} must be a finite number > 0, got {value!r}")
+        if not 0.0 < self.geo_eps < 0.1:
+            raise ValueError(f"QTGConfig.geo_eps must be in (0, 0.1), got {self.geo_eps!r}")
+        if self.use_qembed and self.n_embd % 2:
+            raise ValueError(f"QTGConfig.n_embd={self.n_embd} must be even with use_qembed "
+                             "(n_embd / 2 complex amplitudes as [Re | Im])")
+
+
+@register("qtg", QTGConfig)
+class QTG(GPT):
+    def __init__(self, config: QTGConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.qembed = QEmbed() if c.use_qembed else None
+        self.topo = TopoFilter(c.topo_k, c.topo_threshold, c.topo_temperature, c.topo_filter)
+        if c.use_qembed:  # start with f(x) on the unit sphere: L_quantum ~ 0 at init
+            nn.init.normal_(self.wte.weight, std=1.0 / math.sqrt(c.n_embd))
+
+    def make_attention(self, rope: RotaryEmbedding | None, linear) -> nn.Module:
+        c = self.config
+        if c.attention == "dot":
+            return super().make_attention(rope, linear)
+        return GeoSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, rope, c.geo_gamma_init,
+                                c.geo_eps, linear)
+
+    def forward(
+        self, idx: torch.Tensor, start_pos: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (B, T, vocab) and the loss terms ``{"topo", "geo", "quantum"}``.
+
+        ``start_pos`` switches to cached decoding (KV cache plus the filter's token cache).
+        """
+        c, t = self.config, idx.size(1)
+        pos0 = start_pos or 0
+        if pos0 + t > c.block_size:
+            raise ValueError(f"sequence of {pos0 + t} tokens exceeds block_size={c.block_size}")
+        zero = self.wte.weight.new_zeros((), dtype=torch.float32)
+        x = self.wte(idx)
+        quantum = zero
+        if self.qembed is not None:
+            x, quantum = self.qembed(x)
+        x, topo = self.topo(x, start_pos)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + t, device=idx.device))
+        x = self.drop(x)
+        recompute = c.activation_checkpointing and self.training and torch.is_grad_enabled()
+        geo = []
+        for block in self.blocks:
+            if recompute:
+                x = checkpoint(block, x, start_pos, use_reentrant=False)
+            else:
+                x = block(x, start_pos=start_pos)
+            if isinstance(block.attn, GeoSelfAttention):
+                geo.append(block.attn.geo_loss)
+        aux = {"topo": topo, "geo": torch.stack(geo).mean() if geo else zero, "quantum": quantum}
+        return self.lm_head(self.ln_f(x)), aux
+
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
+                       device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().setup_kv_cache(batch_size, max_len, device, dtype)
+        weight = self.wte.weight
+        self.topo.setup_cache(batch_size, max_len or self.config.block_size, self.config.n_embd,
+                              device or weight.device, dtype or weight.dtype)
+
+    def clear_kv_cache(self) -> None:
+        super().clear_kv_cache()
+        self.topo.clear_cache()

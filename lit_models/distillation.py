@@ -1,0 +1,279 @@
+"""Knowledge distillation recipe ("v4 unified" of seeds/indraquantum_phase2.md) for any student.
+
+Loss = CE + kd_weight * KD + pm_weight * (phase_weight * L_phase + mag_weight * L_mag), every
+term over the positions the datamodule labels (``labels != -100``: padding and, with
+``response_only_loss``, prompts are left out), each logged as ``train/loss_<name>``.
+
+- KD (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))`` per token, mean over
+  labelled tokens; ``T^2`` keeps its gradient scale independent of the temperature ``T``.
+- L_phase, L_mag: only for students that expose ``net.quantum_state = (magnitude, phase)``
+  after their forward (the complex projector of ``lit_models.archs.indra``); see
+  ``phase_mag_losses``.
+
+``kd_weight`` and ``pm_weight`` are plain attributes (from ``kd.weight`` and 1.0) so that
+``callbacks.kd_curriculum.KDCurriculum`` can schedule them; ``teacher=None`` turns every teacher
+term off (the CE-only ablation through the same code path).
+
+The teacher is any causal LM with the student's vocabulary: a platform checkpoint
+(``kind: platform``, loaded with ``weights_only=True``; its architecture and tokenizer come from
+the checkpoint) or a Hugging Face causal LM in a local directory (``kind: hf``, never
+downloaded; its ``tokenizer.json`` must match the data's tokenizer). It is loaded when fitting
+starts (so evaluation/generation of a student checkpoint never needs it), frozen
+(``requires_grad=False``), kept in eval mode, optionally in lower precision (``dtype``), and
+held outside the module tree: it is not in the optimizer, not moved by ``model.train()`` and
+not saved in the student's checkpoints. Its logits are computed on the fly under
+``torch.no_grad`` for each training batch: a full-vocabulary logit cache would take
+``vocab_size`` floats per training token on disk, and the teacher is small enough to run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_models.archs import build_arch
+from lit_models.archs.indra import magnitude_salience, phase_dispersion
+from lit_models.language_model import IGNORE_INDEX, LanguageModel, _plain
+
+KD_DEFAULTS: dict[str, float] = {"temperature": 2.0, "weight": 0.05, "phase_weight": 1.0,
+                                 "mag_weight": 1.0}
+TEACHER_DEFAULTS: dict[str, Any] = {"kind": "platform", "path": None, "dtype": "float32",
+                                    "verify_tokenizer": True}
+TEACHER_KINDS = ("platform", "hf")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- losses
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            mask: torch.Tensor) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` summed over the vocabulary, averaged over the
+    positions where ``mask`` is true."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
+    return temperature**2 * _masked_mean(kl, mask)
+
+
+def teacher_targets(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token confidence ``max_v p(v)`` and normalised entropy ``H(p) / log V``, both in
+    [0, 1], of the teacher's distribution ``p = softmax(t)`` (temperature 1: its own belief)."""
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1) / math.log(teacher_logits.size(-1))
+    return p.max(-1).values, entropy
+
+
+def phase_mag_losses(magnitude: torch.Tensor, phase: torch.Tensor, teacher_logits: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Align the student's quantum state with the teacher's certainty, per labelled token:
+
+    - ``L_mag = mean (tanh(mean_j M_j) - max_v p_teacher(v))^2``: a salient (large-magnitude)
+      state where the teacher is confident.
+    - ``L_phase = mean (D(P) - H(p_teacher) / log V)^2`` with ``D(P) = 1 - |mean_j e^{i P_j}|``
+      the circular variance of the token's phases: dispersed phases where the teacher is
+      uncertain, aligned phases where it is sure.
+
+    Both compare quantities in [0, 1], so each term is at most 1. Also returns the mean
+    targets ``teacher_confidence`` and ``teacher_entropy`` (for monitoring).
+    """
+    confidence, entropy = teacher_targets(teacher_logits)
+    salience, dispersion = magnitude_salience(magnitude.float()), phase_dispersion(phase.float())
+    l_mag = _masked_mean((salience - confidence) ** 2, mask)
+    l_phase = _masked_mean((dispersion - entropy) ** 2, mask)
+    targets = {"teacher_confidence": _masked_mean(confidence, mask),
+               "teacher_entropy": _masked_mean(entropy, mask)}
+    return l_phase, l_mag, targets
+
+
+# --------------------------------------------------------------------------- teachers
+class _PlatformTeacher(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)[0]
+
+
+class _HFTeacher(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=idx).logits
+
+
+def _vocab_signature(tokenizer: Any) -> Any:
+    """What must be equal for two tokenizers to give the same ids: the token -> id map
+    (Hugging Face tokenizers) or the spec (byte tokenizer)."""
+    hf_tok = getattr(tokenizer, "hf_tokenizer", None)
+    return hf_tok.get_vocab(with_added_tokens=True) if hf_tok is not None else tokenizer.to_dict()
+
+
+def _check_same_tokenizer(teacher_tok: Any, data_tok: Any, where: str) -> None:
+    if _vocab_signature(teacher_tok) != _vocab_signature(data_tok):
+        raise ValueError(
+            f"{where}: the teacher's tokenizer ({teacher_tok!r}) is not the data's ({data_tok!r}): "
+            "teacher and student must share one vocabulary (train the teacher on the same "
+            "data.tokenizer, e.g. experiment=indra_teacher)")
+
+
+def load_teacher(spec: Mapping[str, Any], vocab_size: int, tokenizer: Any | None,
+                 block_size: int | None) -> nn.Module:
+    """Build the frozen teacher of ``spec`` and check it against the student: output size
+    ``vocab_size``, same tokenizer as the data, context of at least ``block_size`` tokens."""
+    from datamodules.tokenizers import build_tokenizer, load_pretrained
+
+    path = Path(str(spec["path"])).expanduser()
+    key = "model.teacher.path"
+    if spec["kind"] == "platform":
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: teacher checkpoint {path} does not exist; train one "
+                                    "first (experiment=indra_teacher) or point to a .ckpt file")
+        from experiments.utils import load_checkpoint  # weights_only=True, clear errors
+
+        ckpt = load_checkpoint(path)
+        hp = ckpt.get("hyper_parameters") or {}
+        if "arch" not in hp or "arch_config" not in hp:
+            raise ValueError(f"{key}: {path} is not a platform language-model checkpoint "
+                             "(no arch/arch_config hyper-parameters)")
+        net = build_arch(hp["arch"], hp["arch_config"])
+        weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(weights, strict=True)
+        out_size, context = hp["arch_config"]["vocab_size"], hp["arch_config"].get("block_size")
+        tok_spec = (ckpt.get("platform") or {}).get("tokenizer")
+        if spec["verify_tokenizer"] and tokenizer is not None:
+            if tok_spec is None:
+                raise ValueError(f"{key}: {path} stores no tokenizer, so its vocabulary cannot be "
+                                 "checked; set model.teacher.verify_tokenizer=false to skip")
+            _check_same_tokenizer(build_tokenizer(tok_spec), tokenizer, f"{key}={path}")
+        teacher: nn.Module = _PlatformTeacher(net)
+    else:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{key}: Hugging Face teacher directory {path} does not exist "
+                                    "(a local save_pretrained directory; nothing is downloaded)")
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        out_size = model.get_output_embeddings().weight.size(0)
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None)
+        if spec["verify_tokenizer"] and tokenizer is not None:
+            if not (path / "tokenizer.json").is_file():
+                raise ValueError(f"{key}: {path} has no tokenizer.json to check against the "
+                                 "data's tokenizer; set model.teacher.verify_tokenizer=false to skip")
+            _check_same_tokenizer(load_pretrained(path), tokenizer, f"{key}={path}")
+        teacher = _HFTeacher(model)
+    if out_size != vocab_size:
+        raise ValueError(f"{key}={path}: the teacher predicts {out_size} token ids but the student "
+                         f"{vocab_size}; they must share one vocabulary")
+    if block_size is not None and context is not None and context < block_size:
+        raise ValueError(f"{key}={path}: the teacher's context ({context} tokens) is shorter than "
+                         f"data.block_size={block_size}")
+    teacher = teacher.to(DTYPES[spec["dtype"]]).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+# --------------------------------------------------------------------------- recipe
+class DistillationModel(LanguageModel):
+    """``LanguageModel`` (student, eval metrics, optimizer, resume) plus a frozen teacher.
+
+    Args (besides ``LanguageModel``'s):
+        teacher: ``kind`` (``platform`` | ``hf``), ``path``, ``dtype`` (``float32`` |
+            ``bfloat16`` | ``float16``), ``verify_tokenizer``; null: no teacher (CE only).
+        kd: ``temperature`` (> 0), ``weight`` (lambda_kd, a curriculum may override it),
+            ``phase_weight``, ``mag_weight`` (lambda_phase, lambda_mag), all >= 0.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        arch_config: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        teacher: Mapping[str, Any] | None = None,
+        kd: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights)
+        teacher, kd = _plain(teacher), _plain(kd)
+        unknown = sorted(set(kd or {}) - set(KD_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in model.kd; expected some of {sorted(KD_DEFAULTS)}")
+        kd = {**KD_DEFAULTS, **(kd or {})}
+        for name, value in kd.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"model.kd.{name} must be a finite number, got {value!r}")
+            if value < 0 or (name == "temperature" and value <= 0):
+                raise ValueError(f"model.kd.{name} must be {'> 0' if name == 'temperature' else '>= 0'}"
+                                 f", got {value!r}")
+        if teacher is not None:
+            unknown = sorted(set(teacher) - set(TEACHER_DEFAULTS))
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} in model.teacher; expected some of "
+                                 f"{sorted(TEACHER_DEFAULTS)}")
+            teacher = {**TEACHER_DEFAULTS, **teacher}
+            if teacher["kind"] not in TEACHER_KINDS:
+                raise ValueError(f"model.teacher.kind must be one of {TEACHER_KINDS}, got {teacher['kind']!r}")
+            if not teacher["path"]:
+                raise ValueError("model.teacher.path is not set: give the teacher checkpoint "
+                                 "(kind: platform) or Hugging Face directory (kind: hf), or set "
+                                 "model.teacher=null for CE only")
+            if teacher["dtype"] not in DTYPES:
+                raise ValueError(f"model.teacher.dtype must be one of {sorted(DTYPES)}, got {teacher['dtype']!r}")
+        self.save_hyperparameters({**self.hparams, "teacher": teacher, "kd": kd})
+        self.kd_weight = float(kd["weight"])   # scheduled by callbacks.kd_curriculum
+        self.pm_weight = 1.0                   # multiplier of the phase/magnitude terms
+        self._teacher: list[nn.Module] = []    # a list: outside the module tree (see module doc)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        spec = self.hparams.teacher
+        if stage == "fit" and spec is not None and not self._teacher:
+            dm = getattr(self.trainer, "datamodule", None)
+            self._teacher = [load_teacher(spec, self.hparams.arch_config["vocab_size"],
+                                          getattr(dm, "tokenizer", None),
+                                          getattr(dm, "block_size", None))]
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def extra_loss_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor
+                         ) -> dict[str, tuple[float, torch.Tensor]]:
+        mask = batch["labels"] != IGNORE_INDEX
+        state = getattr(self.net, "quantum_state", None)
+        if state is not None:  # monitored in every run, with or without a teacher
+            magnitude, phase = (t.detach().float() for t in state)
+            self.log_dict({"train/mag_salience": _masked_mean(magnitude_salience(magnitude), mask),
+                           "train/phase_dispersion": _masked_mean(phase_dispersion(phase), mask)},
+                          on_step=True)
+        if self.teacher is None:
+            return {}
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch["input_ids"]).float()
+        kd = self.hparams.kd
+        terms = {"kd": (self.kd_weight, kd_loss(logits, teacher_logits, kd["temperature"], mask))}
+        if state is not None:
+            l_phase, l_mag, targets = phase_mag_losses(*state, teacher_logits, mask)
+            terms["phase"] = (self.pm_weight * kd["phase_weight"], l_phase)
+            terms["mag"] = (self.pm_weight * kd["mag_weight"], l_mag)
+            self.log_dict({f"train/{k}": v for k, v in targets.items()}, on_step=True)
+        return terms

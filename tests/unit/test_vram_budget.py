@@ -1,0 +1,131 @@
+"""VRAM budget: exact parts vs real tensors, activation model vs saved tensors, fit/fail modes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from callbacks.vram_budget import (
+    GB,
+    VRAMBudget,
+    activation_bytes,
+    estimate_memory,
+    gradient_bytes,
+    optimizer_state_bytes,
+    parameter_bytes,
+)
+from lit_models.archs import build_arch
+from lit_models.optim import build_optimizer
+
+SMALL = dict(vocab_size=300, block_size=64, n_layer=2, n_head=4, n_embd=64)
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+               if torch.is_tensor(t))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "qtg"])
+def test_exact_parts_equal_the_allocated_tensors(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_arch(arch, SMALL)
+    unique = {p.data_ptr(): p for p in net.parameters()}.values()  # tied head counted once
+    assert parameter_bytes(net) == sum(p.numel() * p.element_size() for p in unique)
+    x = torch.randint(0, 300, (2, 32))
+    logits, aux = net(x)
+    (logits.logsumexp(-1).mean() + sum(aux.values())).backward()
+    assert gradient_bytes(net) == sum(p.grad.numel() * p.grad.element_size() for p in unique)
+    opt = build_optimizer(net, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    opt.step()
+    assert optimizer_state_bytes(net, "adamw") == _state_bytes(opt)
+    assert optimizer_state_bytes(net, opt) == _state_bytes(opt)
+    amsgrad = torch.optim.Adam(net.parameters(), amsgrad=True)
+    amsgrad.step()
+    assert optimizer_state_bytes(net, amsgrad) == _state_bytes(amsgrad)
+
+
+def _saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward + CE."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter) and t.untyped_storage().nbytes():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, aux = net(x)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten())
+        (loss + sum(aux.values())).backward()
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(n for ptr, n in storages.items() if ptr not in params)
+
+
+@pytest.mark.parametrize("variant", [("gpt", {}), ("qtg", {}), ("qtg", {"attention": "dot"})])
+def test_activation_model_is_close_to_the_saved_tensors(variant: tuple) -> None:
+    arch, extra = variant
+    net = build_arch(arch, {**SMALL, **extra})
+    b, s = 4, 64
+    measured = _saved_bytes(net, torch.randint(0, 300, (b, s)))
+    modelled, _ = activation_bytes(net.config, b, s, elem=4)
+    assert 0.8 <= modelled / measured <= 1.25, f"model {modelled:,} vs saved {measured:,} bytes"
+
+
+def test_checkpointing_and_mixed_precision_change_the_estimate_as_expected() -> None:
+    with torch.device("meta"):
+        net = build_arch("qtg", {**SMALL, "block_size": 512})
+    full = estimate_memory(net, 8, 512, "32-true")
+    ckpt = estimate_memory(net, 8, 512, "32-true", checkpointing=True)
+    mixed = estimate_memory(net, 8, 512, "bf16-mixed")
+    assert ckpt.activations < full.activations and ckpt.weights == full.weights
+    assert mixed.weights == full.weights and mixed.autocast_copies > 0
+    assert mixed.activations < full.activations
+    assert estimate_memory(net, 8, 512, "bf16-true").weights == full.weights // 2
+
+
+def _fake_run(batch: int = 8, accum: int = 1, precision: str = "32-true"):
+    net = build_arch("qtg", {**SMALL, "block_size": 256})
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=batch, block_size=256),
+                              accumulate_grad_batches=accum, precision=precision)
+    return trainer, SimpleNamespace(net=net)
+
+
+def _gb(trainer, module, micro: int) -> float:
+    return estimate_memory(module.net, micro, 256, trainer.precision).total / GB
+
+
+def test_fit_mode_lowers_micro_batch_and_keeps_the_effective_batch() -> None:
+    trainer, module = _fake_run(batch=8, accum=2)
+    target = (_gb(trainer, module, 2) + _gb(trainer, module, 4)) / 2  # 4 does not fit, 2 does
+    cb = VRAMBudget(budget_gb=target * 2, target_gb=target, mode="fit")
+    cb.setup(trainer, module, "fit")
+    assert trainer.datamodule.batch_size == 2 and trainer.accumulate_grad_batches == 8
+    assert cb.estimate.total <= target * GB
+
+
+def test_fit_mode_leaves_a_fitting_run_alone_and_warn_mode_never_changes_it() -> None:
+    for mode in ("fit", "warn"):
+        trainer, module = _fake_run(batch=8, accum=1)
+        target = _gb(trainer, module, 8) * (1.1 if mode == "fit" else 0.5)
+        VRAMBudget(budget_gb=10.0, target_gb=target, mode=mode).setup(trainer, module, "fit")
+        assert (trainer.datamodule.batch_size, trainer.accumulate_grad_batches) == (8, 1)
+
+
+def test_fail_mode_names_the_numbers_and_what_to_change() -> None:
+    trainer, module = _fake_run()
+    target = _gb(trainer, module, 8) / 2
+    with pytest.raises(MemoryError, match=r"over target by .*accumulate_grad_batches"):
+        VRAMBudget(budget_gb=8.0, target_gb=target, mode="fail").setup(trainer, module, "fit")
+    with pytest.raises(MemoryError, match="even micro-batch 1"):
+        VRAMBudget(budget_gb=8.0, target_gb=1e-6, mode="fit").setup(trainer, module, "fit")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(mode="shrink"), "mode"), (dict(target_gb=9.0), "target_gb"),
+    (dict(budget_gb=-1), "budget_gb"), (dict(optimizer="lion"), "optimizer"),
+])
+def test_arguments_are_validated(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        VRAMBudget(**kwargs)
