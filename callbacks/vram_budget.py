@@ -181,10 +181,35 @@ def estimate_memory(net: nn.Module, micro_batch: int, seq_len: int, precision: s
 
 
 def measured_peak_bytes(device: torch.device) -> int:
-    """CUDA: ``max_memory_allocated``; CPU: peak resident set size of this process."""
+    """CUDA: ``max_memory_allocated``; CPU: peak resident set size of this process (``VmHWM``,
+    which ``reset_cpu_peak`` can lower to the current RSS; ``ru_maxrss`` where /proc is absent)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    hwm = _proc_status_bytes("VmHWM:")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_cpu_peak() -> int | None:
+    """Reset this process's RSS high-water mark to its current RSS (Linux ``clear_refs``), so the
+    CPU peak measured afterwards is training's and not, e.g., tokenization's; returns the RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _proc_status_bytes("VmRSS:")
 
 
 class VRAMBudget(Callback):
@@ -215,6 +240,7 @@ class VRAMBudget(Callback):
         self.optimizer = "adamw" if optimizer == "auto" else optimizer
         self.estimate: MemoryEstimate | None = None
         self.peak_bytes = 0
+        self.cpu_base_bytes: int | None = None  # CPU: non-tensor RSS at the first step
 
     # ------------------------------------------------------------------ estimate
     def _estimate(self, trainer: L.Trainer, pl_module: L.LightningModule, micro_batch: int,
@@ -280,6 +306,10 @@ class VRAMBudget(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:  # the CPU peak counts the interpreter, libraries and data too: measure that base
+            rss = reset_cpu_peak()
+            if rss is not None:
+                self.cpu_base_bytes = max(rss - parameter_bytes(pl_module.net), 0)
         if trainer.optimizers and self.estimate is not None:  # the real optimizer, exactly
             self.estimate.optimizer = optimizer_state_bytes(
                 pl_module.net, trainer.optimizers[0], _precision_sizes(str(trainer.precision))[0])
@@ -299,8 +329,13 @@ class VRAMBudget(Callback):
         verdict = ("fits the target" if peak <= self.target_gb else
                    "over the target, within the budget" if peak <= self.budget_gb else
                    "OVER THE BUDGET")
+        base = ""
+        if pl_module.device.type != "cuda" and self.cpu_base_bytes is not None:
+            base = (f"; {peak - self.cpu_base_bytes / GB:.2f} GB of it above the process's base "
+                    f"({self.cpu_base_bytes / GB:.2f} GB: RSS at the first step minus the weights), "
+                    "the figure comparable with the estimate")
         _info(f"VRAM report: estimate {self.estimate.total / GB:.2f} GB, measured peak "
-                       f"{peak:.2f} GB ({what}, step {trainer.global_step}), target "
+                       f"{peak:.2f} GB ({what}, step {trainer.global_step}{base}), target "
                        f"{self.target_gb} GB, budget {self.budget_gb} GB -> {verdict}")
 
     def state_dict(self) -> dict[str, Any]:

@@ -129,3 +129,16 @@ def test_fail_mode_names_the_numbers_and_what_to_change() -> None:
 def test_arguments_are_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         VRAMBudget(**kwargs)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_cpu_peak_can_be_reset_so_training_is_measured_alone() -> None:
+    """A 256 MB transient before training must not count as training's peak on CPU."""
+    from callbacks.vram_budget import measured_peak_bytes, reset_cpu_peak
+
+    big = torch.ones(64 << 20)  # 256 MB, touched
+    del big  # large blocks go back to the OS, the high-water mark stays
+    before = measured_peak_bytes(torch.device("cpu"))
+    rss = reset_cpu_peak()
+    after = measured_peak_bytes(torch.device("cpu"))
+    assert rss is not None and after < before - (128 << 20) and after >= rss
