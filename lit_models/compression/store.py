@@ -35,7 +35,6 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -405,9 +404,7 @@ class WeightStore:
         for _, _, data in self._chunk_rows(target, n_chunks, verify):
             yield _frombytes(data, torch_dtype)
 
-    def _chunk_rows(self, name: str, n_chunks: int, verify: bool, checks: _Checks | None = None
-                    ) -> Iterator[tuple[int, int, bytes]]:
-        """A layer's chunks in order; each SHA-256 is checked here, or handed to ``checks``."""
+    def _chunk_rows(self, name: str, n_chunks: int, verify: bool) -> Iterator[tuple[int, int, bytes]]:
         with self._lock:
             cursor = self._db().execute(
                 "SELECT chunk_id, chunk_index, byte_offset, sha256, data FROM weight_chunks "
@@ -417,10 +414,10 @@ class WeightStore:
                 for chunk_id, index, offset, sha, data in cursor:
                     if index != count:
                         break
-                    if verify and checks is not None:
-                        checks.submit(name, chunk_id, sha, data)
-                    elif verify:
-                        _check_sha(self.path, name, chunk_id, sha, data)
+                    if verify and hashlib.sha256(data).hexdigest() != sha:
+                        raise ChecksumError(
+                            f"{self.path}: chunk {chunk_id!r} of layer {name!r} fails its SHA-256 "
+                            "check (the file was modified or damaged)")
                     count += 1
                     yield index, offset, data
             except sqlite3.DatabaseError as err:
@@ -432,11 +429,8 @@ class WeightStore:
                                    f"of {n_chunks} chunks")
         self._pending_access[name] += 1
 
-    def load_stored(self, name: str, verify: bool = True, checks: _Checks | None = None,
-                    ) -> tuple[torch.Tensor, dict | None]:
-        """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info.
-
-        With ``checks``, SHA-256 checks run in its thread pool and are awaited by the caller."""
+    def load_stored(self, name: str, verify: bool = True) -> tuple[torch.Tensor, dict | None]:
+        """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info."""
         target = self._resolve(name)
         shape, dtype, n_chunks, _, comp = self._head(target)
         torch_dtype = dtype_from_name(dtype, f"{self.path}: layer {target!r}")
@@ -445,7 +439,7 @@ class WeightStore:
         out = torch.empty(math.prod(shape), dtype=storage)
         buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
         total = 0
-        for _, offset, data in self._chunk_rows(target, n_chunks, verify, checks):
+        for _, offset, data in self._chunk_rows(target, n_chunks, verify):
             if offset + len(data) > buf.size:
                 raise WeightStoreError(f"{self.path}: layer {target!r} has more bytes than its "
                                        f"shape {shape} and dtype {dtype} hold")
@@ -460,9 +454,7 @@ class WeightStore:
 
     def load(self, name: str, verify: bool = True) -> torch.Tensor:
         """The (decoded) tensor. Cached tensors are shared: clone before modifying in place."""
-        return self._load(self._resolve(name), verify)
-
-    def _load(self, target: str, verify: bool, checks: _Checks | None = None) -> torch.Tensor:
+        target = self._resolve(name)
         with self._lock:
             if target in self._cache:
                 self._cache.move_to_end(target)
@@ -470,9 +462,7 @@ class WeightStore:
                 self._pending_access[target] += 1
                 return self._cache[target]
             self.cache_misses += 1
-        stored, comp = self.load_stored(target, verify, checks)
-        if comp is not None and checks is not None:
-            checks.wait()  # decode only verified bytes
+        stored, comp = self.load_stored(target, verify)
         tensor = stored if comp is None else decode(self._encoded(stored, comp, verify))
         self._remember(target, tensor)
         return tensor
@@ -492,26 +482,14 @@ class WeightStore:
 
     def load_state_dict(self, names: list[str] | None = None, verify: bool = True,
                         ) -> dict[str, torch.Tensor]:
-        """All (or the given) layers; aliases come back as the same tensor object (tied).
-
-        Checksums are verified in a thread pool while the next chunks are read and copied
-        (``hashlib`` releases the GIL), so a verified load costs about max(read, hash) instead of
-        their sum; nothing is returned unless every chunk passed.
-        """
+        """All (or the given) layers; aliases come back as the same tensor object (tied)."""
         out: dict[str, torch.Tensor] = {}
         by_target: dict[str, torch.Tensor] = {}
-        with _Checks(self.path) as checks:
-            try:
-                for name in names if names is not None else self.names():
-                    target = self._resolve(name)
-                    if target not in by_target:
-                        by_target[target] = self._load(target, verify, checks)
-                    out[name] = by_target[target]
-                checks.wait()
-            except BaseException:
-                for target in by_target:  # nothing unverified stays cached
-                    self._evict(target)
-                raise
+        for name in names if names is not None else self.names():
+            target = self._resolve(name)
+            if target not in by_target:
+                by_target[target] = self.load(target, verify)
+            out[name] = by_target[target]
         return out
 
     def load_into(self, module: torch.nn.Module, strict: bool = True) -> None:
@@ -633,36 +611,6 @@ class WeightStore:
         finally:
             tmp.unlink(missing_ok=True)
         return path
-
-
-def _check_sha(path: Path, name: str, chunk_id: str, sha: str, data: bytes) -> None:
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise ChecksumError(f"{path}: chunk {chunk_id!r} of layer {name!r} fails its SHA-256 "
-                            "check (the file was modified or damaged)")
-
-
-class _Checks:
-    """SHA-256 checks of chunks run in worker threads; ``wait`` raises the first failure."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                        thread_name_prefix="weight-store-sha")
-        self._futures: list[Future] = []
-
-    def submit(self, name: str, chunk_id: str, sha: str, data: bytes) -> None:
-        self._futures.append(self._pool.submit(_check_sha, self.path, name, chunk_id, sha, data))
-
-    def wait(self) -> None:
-        futures, self._futures = self._futures, []
-        for future in futures:
-            future.result()
-
-    def __enter__(self) -> _Checks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
