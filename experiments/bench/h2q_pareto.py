@@ -13,8 +13,9 @@ is stored once. Matrices and embeddings (>= 2 dims, >= 1024 elements) are compre
 Methods: ``fp32``, ``fp16``; ``int<k>`` (symmetric per-row, k = 8, 4, 3); ``svd<r>`` (truncated
 SVD at rank r, fp16 factors); ``quat<d>+<g>`` (quaternion gain-shape coding with d direction
 bits and g gain bits per group of 4 weights, shared codebook). The PHM (n = 4) model trained
-from scratch (``experiment=gpt_wikitext2_phm``) is evaluated as fp32 and fp16 when its
-checkpoint is given with ``--phm-ckpt``; otherwise its rows say "not run".
+from scratch (``experiment=gpt_wikitext2_phm``) is evaluated with ``--phm-methods`` (default
+fp32, fp16, int8, int4: the same codecs on its own weights) when its checkpoint is given with
+``--phm-ckpt``; otherwise its rows say "not run".
 
 Evaluation is the platform's own (``LanguageModel`` validation: ``val/wiki_word_ppl``), on the
 data config and tokenizer stored in the checkpoint; ``--limit-val-batches`` evaluates the first
@@ -159,7 +160,8 @@ class Evaluator:
 
 
 def run(ckpt: Path, methods: list[str], limit: int | None, phm_ckpt: Path | None,
-        workdir: Path, compress_threads: int | None = None) -> list[dict[str, Any]]:
+        workdir: Path, compress_threads: int | None = None,
+        phm_methods: tuple[str, ...] = ("fp32", "fp16")) -> list[dict[str, Any]]:
     ev = Evaluator(ckpt, limit)
     rows = []
     fp32_bytes = None
@@ -180,14 +182,14 @@ def run(ckpt: Path, methods: list[str], limit: int | None, phm_ckpt: Path | None
                      "seconds": time.perf_counter() - t0})
         print(_row(rows[-1], fp32_bytes), flush=True)
     if phm_ckpt is None or not phm_ckpt.is_file():
-        for method in ("fp32", "fp16"):
+        for method in phm_methods:
             rows.append({"model": "phm4", "method": method, "bytes": None, "word_ppl": None,
                          "note": f"not run: no PHM checkpoint ({phm_ckpt or 'pass --phm-ckpt'}); "
                                  "train it with python -m experiments.train experiment=gpt_wikitext2_phm"})
             print(_row(rows[-1], fp32_bytes), flush=True)
         return rows
     phm = Evaluator(phm_ckpt, limit)
-    for method in ("fp32", "fp16"):
+    for method in phm_methods:
         path = workdir / f"phm-{method}.safetensors"
         write_variant(phm.state, method, path)
         rows.append({"model": "phm4", "method": method, "bytes": path.stat().st_size,
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--ckpt", type=Path, default=None, help="trained GPT (default: newest gpt_wikitext2)")
     parser.add_argument("--phm-ckpt", type=Path, default=None, help="trained gpt_wikitext2_phm checkpoint")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--phm-methods", default="fp32,fp16,int8,int4",
+                        help="methods applied to the PHM model's own weights")
     parser.add_argument("--limit-val-batches", type=int, default=None,
                         help="evaluate the first N validation batches only (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if ckpt is None or not ckpt.is_file():
         raise SystemExit(f"no checkpoint: pass --ckpt (looked for {', '.join(CANDIDATES)})")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
+    phm_methods = tuple(m.strip() for m in args.phm_methods.split(",") if m.strip())
+    for m in (*methods, *phm_methods):
         codec_for(m)  # fail on a typo before any work
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{'model':5s} {'method':9s} {'bytes':>10s} {'vs fp32':>7s} {'bits/p':>7s} {'word ppl':>9s}")
     with tempfile.TemporaryDirectory(prefix="h2q_pareto-") as tmp:
         rows = run(ckpt, methods, args.limit_val_batches, args.phm_ckpt, Path(tmp),
-                   args.compress_threads)
+                   args.compress_threads, phm_methods)
     if args.out:
         args.out.write_text(json.dumps({"checkpoint": str(ckpt), "limit_val_batches":
                                         args.limit_val_batches, "rows": rows}, indent=1))

@@ -132,6 +132,7 @@ def test_pareto_bench_on_tiny_checkpoints(tmp_path: Path, capsys) -> None:
                                    "--methods", "fp32"])
     phm = {r["method"]: r for r in rows if r["model"] == "phm4"}
     assert phm["fp32"]["bytes"] < by[("gpt", "fp32")]["bytes"] and phm["fp16"]["word_ppl"] > 1
+    assert phm["int4"]["bytes"] < phm["int8"]["bytes"] < phm["fp16"]["bytes"]  # --phm-methods default
 
 
 @pytest.mark.slow
