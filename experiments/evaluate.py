@@ -1,8 +1,10 @@
 """Evaluate a checkpoint: ``python -m experiments.evaluate ckpt_path=<file> [data=<name> ...]``.
 
 Prints and logs validation and test loss, perplexity and bits per character. The data config
-and tokenizer stored in the checkpoint are used unless ``data=...`` is given; the tokenizer
-always comes from the checkpoint (a model is only meaningful with the tokenizer it was trained on).
+and tokenizer stored in the checkpoint are used unless ``data=...`` is given; ``+data.<key>=...``
+without ``data=`` changes single keys of the stored config (e.g.
+``+data.alpaca.response_only_loss=true`` scores Alpaca responses only). The tokenizer always comes
+from the checkpoint (a model is only meaningful with the tokenizer it was trained on).
 """
 
 from __future__ import annotations
@@ -42,12 +44,21 @@ def _print_table(metrics: dict[str, float], ckpt_path: str) -> None:
     Console().print(table)
 
 
+def resolve_data_config(given: DictConfig | None, stored: dict[str, Any]) -> DictConfig:
+    """The data config to evaluate on: ``data=<name>`` (has a ``_target_``) replaces the stored
+    one; a partial ``+data.<key>=...`` is merged onto it; nothing given means the stored one."""
+    if given is not None and "_target_" in given:
+        return given
+    base = OmegaConf.create(stored)
+    return OmegaConf.merge(base, given) if given is not None else base
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     ckpt = load_checkpoint(cfg.ckpt_path)
     meta = platform_meta(ckpt, cfg.ckpt_path)
-    data_cfg = cfg.get("data") or OmegaConf.create(meta["config"]["data"])
+    data_cfg = resolve_data_config(cfg.get("data"), meta["config"]["data"])
     wanted = data_cfg.get("tokenizer") or {}
     if wanted.get("kind") != meta["tokenizer"].get("kind"):
         log.warning(f"data.tokenizer asks for {wanted.get('kind')!r}; using the checkpoint's "

@@ -72,6 +72,19 @@ def test_evaluate_reports_val_and_test(trained: dict, tmp_path: Path) -> None:
     assert metrics["val/loss"] == pytest.approx(trained["metrics"]["val/loss"], rel=1e-5)
 
 
+def test_evaluate_merges_partial_data_overrides_onto_the_stored_config(trained: dict,
+                                                                         tmp_path: Path) -> None:
+    ckpt = trained["out"] / "checkpoints" / "last.ckpt"
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "trainer.limit_val_batches=2",
+                                  "trainer.limit_test_batches=2", "+data.batch_size=3"],
+                         tmp_path / "eval", data_dir=trained["root"] / "data")
+    metrics, objects = evaluate(cfg)
+    datamodule = objects["datamodule"]
+    assert datamodule.batch_size == 3  # the override
+    assert datamodule.block_size == 32  # the rest from the checkpoint (smoke_tiny's block size)
+    assert math.isfinite(metrics["test/loss"])
+
+
 def test_generate_same_tokens_with_and_without_kv_cache(trained: dict, tmp_path: Path) -> None:
     ckpt = trained["out"] / "checkpoints" / "last.ckpt"
     texts = []
