@@ -60,13 +60,14 @@ def read_series(target: Path) -> Series:
     return {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in points.items()}
 
 
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (window clipped at the start), to read noisy per-step losses."""
+def smooth(steps: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over the last ``window`` *steps* (not logged points: metrics are
+    logged every ``log_every_n_steps``), clipped at the start, to read noisy per-step losses."""
     if window <= 1 or values.size < 2:
         return values
     cumsum = np.cumsum(np.insert(values, 0, 0.0))
     idx = np.arange(1, values.size + 1)
-    lo = np.maximum(idx - window, 0)
+    lo = np.searchsorted(steps, steps - window, side="right")  # first point inside the window
     return (cumsum[idx] - cumsum[lo]) / (idx - lo)
 
 
@@ -89,7 +90,7 @@ def plot(runs: dict[str, Series], out: Path, window: int = 20) -> Path:
                     continue
                 steps, values = series[column]
                 is_val = column.startswith("val/")
-                ax.plot(steps, values if is_val else smooth(values, window),
+                ax.plot(steps, values if is_val else smooth(steps, values, window),
                         linestyle=styles[c % len(styles)], marker="o" if is_val else None,
                         color=color, label=f"{name}: {column}" if len(runs) > 1 else column)
                 drawn += 1
