@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.study import available_studies, check_composes, load_study
 from experiments.study import main as study_main
 from tests.conftest import REPO
 
@@ -206,3 +207,11 @@ def test_dry_run_prints_every_command(capsys: pytest.CaptureFixture, tmp_path: P
     assert "seed=1" in lines[1] and "model.arch_config.pos_embedding=rope" in lines[1]
     assert all("callbacks.token_budget.max_tokens=2560" in line for line in lines)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", available_studies())
+def test_every_committed_study_validates_and_composes(name: str) -> None:
+    """A typo in a study file fails here, not hours into a sweep (compose only, no training)."""
+    study = load_study(name)
+    assert study.variants and study.seeds
+    check_composes(study)
