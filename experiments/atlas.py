@@ -30,6 +30,7 @@ import torch
 
 from datamodules.book_coords import read_book
 from experiments import REPO_ROOT, split_passthrough
+from lhp.errors import entry_point
 from lit_models.atlas import AtlasError, AtlasLibrary, evaluate_text, fit_key, text_sha256
 
 
@@ -73,7 +74,7 @@ def train_core(library: str | Path, books: Sequence[str], titles: Sequence[str] 
 
 def export_checkpoint(ckpt_path: str | Path, library: str | Path, overwrite: bool = False) -> AtlasLibrary:
     """Core + one key per training book from a CoordinateDecoder checkpoint into a library."""
-    from experiments.utils import load_checkpoint
+    from lit_models.checkpoints import load_checkpoint
     from lit_models.coordinate_decoder import CoordinateDecoder
 
     ckpt = load_checkpoint(ckpt_path)
@@ -177,7 +178,9 @@ def list_library(library: str | Path) -> list[dict[str, Any]]:
         print(f"{b['book_id']:>4}  {b['title'][:28]:<28} {b['n_chars']:>9,} {b['key_bytes']:>6} "
               f"{b.get('acc', float('nan')):>8.4f} {b.get('bpc', float('nan')):>7.3f}  {b['sha256'][:12]}")
     problems = lib.verify()
-    print("consistent: yes" if not problems else "PROBLEMS:\n  " + "\n  ".join(problems))
+    if problems:
+        raise AtlasError(f"library {lib.root} is inconsistent: " + "; ".join(problems))
+    print("consistent: yes")
     return index["books"]
 
 
@@ -233,29 +236,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv, overrides = split_passthrough(argv)
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "train-core":
-            train_core(args.library, args.book, args.title, args.max_chars, args.experiment,
-                       overrides, args.run_dir)
-        elif args.command == "export":
-            export_checkpoint(args.ckpt, args.library)
-        elif args.command == "add-book":
-            add_book(args.library, args.book, args.title, args.max_chars, args.steps, args.lr,
-                     args.batch_size, args.seed)
-        elif args.command == "reconstruct":
-            report = reconstruct(args.library, args.book_id, args.out, args.against)
-            if args.check and report["wrong"] != 0:
-                return 1
-        elif args.command == "list":
-            list_library(args.library)
-        elif args.command == "picture":
-            picture(args.library, args.book_id, args.out, args.passage)
-    except (AtlasError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "train-core":
+        train_core(args.library, args.book, args.title, args.max_chars, args.experiment,
+                   overrides, args.run_dir)
+    elif args.command == "export":
+        export_checkpoint(args.ckpt, args.library)
+    elif args.command == "add-book":
+        add_book(args.library, args.book, args.title, args.max_chars, args.steps, args.lr,
+                 args.batch_size, args.seed)
+    elif args.command == "reconstruct":
+        report = reconstruct(args.library, args.book_id, args.out, args.against)
+        if args.check and report["wrong"] != 0:
+            return 1
+    elif args.command == "list":
+        list_library(args.library)
+    elif args.command == "picture":
+        picture(args.library, args.book_id, args.out, args.passage)
     return 0
 
 

@@ -19,12 +19,22 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import CONFIG_DIR
 from experiments.utils import (
     apply_extras,
+    instantiate,
     instantiate_group,
+    log_hyperparameters,
+    task_wrapper,
+)
+from lhp.config_check import check_config
+from lhp.errors import entry_point
+from lit_models.checkpoints import (
+    DATAMODULES,
+    build_stored_datamodule,
+    check_recipe_fits_data,
     load_checkpoint,
     load_module,
-    log_hyperparameters,
     platform_meta,
-    task_wrapper,
+    recipe_class,
+    stored_class,
 )
 
 log = logging.getLogger("experiments.evaluate")
@@ -55,20 +65,28 @@ def resolve_data_config(given: DictConfig | None, stored: dict[str, Any]) -> Dic
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    check_config(OmegaConf.to_container(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     ckpt = load_checkpoint(cfg.ckpt_path)
     meta = platform_meta(ckpt, cfg.ckpt_path)
-    data_cfg = resolve_data_config(cfg.get("data"), meta["config"]["data"])
-    wanted = data_cfg.get("tokenizer") or {}
-    if wanted.get("kind") != meta["tokenizer"].get("kind"):
-        log.warning(f"data.tokenizer asks for {wanted.get('kind')!r}; using the checkpoint's "
-                    f"{meta['tokenizer'].get('kind')!r} tokenizer, the one the model was trained with")
+    data_cfg = resolve_data_config(cfg.get("data"), meta["config"].get("data") or {})
+    data_cls = stored_class(data_cfg, DATAMODULES, "datamodule", cfg.ckpt_path)
+    check_recipe_fits_data(recipe_class(meta, cfg.ckpt_path), data_cls,
+                           f"evaluate {cfg.ckpt_path} on data={data_cfg.get('_target_')}")
+    data_args = OmegaConf.to_container(data_cfg, resolve=True)
+    stored_tok = meta.get("tokenizer")
+    if isinstance(stored_tok, dict):  # token models: always the tokenizer the model was trained with
+        wanted = data_args.get("tokenizer") or {}
+        if wanted.get("kind") != stored_tok.get("kind"):
+            log.warning(f"data.tokenizer asks for {wanted.get('kind')!r}; using the checkpoint's "
+                        f"{stored_tok.get('kind')!r} tokenizer, the one the model was trained with")
+        data_args["tokenizer"] = stored_tok
     apply_extras(cfg)
-    datamodule = hydra.utils.instantiate(data_cfg, tokenizer=meta["tokenizer"], _convert_="all")
-    model = load_module(ckpt, meta)
+    datamodule = build_stored_datamodule(data_args, cfg.ckpt_path)
+    model = load_module(ckpt, meta, cfg.ckpt_path)
     del ckpt
     loggers = instantiate_group(cfg.get("logger"), "logger")
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[])
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers, callbacks=[])
     log_hyperparameters(cfg, model, loggers)
 
     metrics: dict[str, float] = {}
@@ -79,6 +97,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)

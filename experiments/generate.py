@@ -12,11 +12,13 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from datamodules.tokenizers import build_tokenizer
 from experiments import CONFIG_DIR
-from experiments.utils import load_checkpoint, load_module, platform_meta
+from lhp.config_check import check_config
+from lhp.errors import UserError, entry_point
+from lit_models.checkpoints import load_net
 from lit_models.generation import generate
 
 log = logging.getLogger("experiments.generate")
@@ -24,16 +26,18 @@ log = logging.getLogger("experiments.generate")
 
 def generate_text(cfg: DictConfig) -> list[str]:
     """Return ``num_samples`` completions of ``prompt`` (prompt not included)."""
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    meta = platform_meta(ckpt, cfg.ckpt_path)
+    check_config(OmegaConf.to_container(cfg, resolve=True))
+    net, meta = load_net(cfg.ckpt_path, "tokens", "generate")
+    if not isinstance(meta.get("tokenizer"), dict):
+        raise UserError(f"checkpoint {cfg.ckpt_path} stores no tokenizer, so its ids cannot be "
+                        "turned into text")
     tokenizer = build_tokenizer(meta["tokenizer"])
-    module = load_module(ckpt, meta).to(cfg.device)
-    del ckpt
+    net = net.to(cfg.device)
     prompt_ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id]  # empty prompt: start a document
     idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=cfg.device)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     start = time.perf_counter()
-    out = generate(module.net, idx, cfg.max_new_tokens, temperature=cfg.temperature,
+    out = generate(net, idx, cfg.max_new_tokens, temperature=cfg.temperature,
                    top_k=cfg.top_k, use_cache=cfg.use_kv_cache, generator=generator)
     elapsed = time.perf_counter() - start
     new_tokens = (out.size(1) - idx.size(1)) * out.size(0)
@@ -42,6 +46,7 @@ def generate_text(cfg: DictConfig) -> list[str]:
     return [tokenizer.decode(row[idx.size(1):].tolist()) for row in out]
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     texts = generate_text(cfg)

@@ -8,7 +8,7 @@
     python -m experiments.h2q verify     <db>
     python -m experiments.h2q export     <db> <out.safetensors>
 
-A checkpoint is any file ``experiments.utils.load_checkpoint`` reads (torch.save or SQLite
+A checkpoint is any file ``lit_models.checkpoints.load_checkpoint`` reads (torch.save or SQLite
 CheckpointIO files); its ``state_dict`` is used. ``analyse`` prints the fingerprints of
 ``lit_models.compression.fingerprints`` (spectrum, norms, S^3 statistics; no knot polynomials,
 see that module). ``validate`` checks the exact round trips and reports the codec's error.
@@ -19,44 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lhp.errors import UserError, entry_point
+from lit_models.checkpoints import read_state_dict
 from lit_models.compression.fingerprints import fingerprint
 from lit_models.compression.quaternion import QuaternionCodec
-from lit_models.compression.store import WeightStore, is_weight_store
+from lit_models.compression.store import WeightStore
 from lit_models.compression.structurizer import QuaternionStructurizer
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint (torch or SQLite checkpoint), a weight store or a safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if is_weight_store(path):
-        with WeightStore(path, "r") as store:
-            if store.get_metadata("checkpoint") is None:
-                return store.load_state_dict()
-    from experiments.utils import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{path}: checkpoint has no 'state_dict' (keys: {sorted(ckpt)[:8]})")
-    return ckpt["state_dict"]
 
 
 def _select(state: dict[str, torch.Tensor], layer: str | None, source: str) -> dict[str, torch.Tensor]:
     if layer is None:
         return {k: v for k, v in state.items() if v.is_floating_point()}
     if layer not in state:
-        raise KeyError(f"{source}: no layer {layer!r}; it has {len(state)}, e.g. {sorted(state)[:5]}")
+        raise UserError(f"{source}: no layer {layer!r}; it has {len(state)}, e.g. {sorted(state)[:5]}")
     return {layer: state[layer]}
 
 
@@ -201,13 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    return args.fn(args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
+from lhp.errors import UserError, entry_point
 
 STUDY_DIR = Path(CONFIG_DIR) / "study"
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
@@ -60,7 +61,7 @@ EXTRA_COLUMNS = ("params", "tokens_seen", "tokens_per_sec")
 LOG_TAIL_LINES = 60
 
 
-class StudyError(Exception):
+class StudyError(UserError):
     """An invalid study config; the message names the file and the key."""
 
 
@@ -355,7 +356,7 @@ def _resumable(run: Run) -> tuple[Path | None, str]:
     """``(last.ckpt, 'step N, T tokens')`` of an interrupted run; moves an unreadable one aside."""
     if not run.last_ckpt.is_file():
         return None, ""
-    from experiments.utils import load_checkpoint  # imports torch: only when resuming
+    from lit_models.checkpoints import load_checkpoint  # imports torch: only when resuming
 
     try:
         ckpt = load_checkpoint(run.last_ckpt)
@@ -578,6 +579,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     argv, extra = split_passthrough(argv)
     parser = _parser()

@@ -21,33 +21,53 @@ from callbacks.run_metadata import RunMetadata
 from experiments import CONFIG_DIR
 from experiments.utils import (
     apply_extras,
-    find_last_checkpoint,
+    check_target,
     git_commit,
+    instantiate,
     instantiate_group,
-    load_checkpoint,
     log_hyperparameters,
     metric_value,
     set_in,
     task_wrapper,
     wandb_loggers,
 )
+from lhp.config_check import check_config
+from lhp.errors import UserError, entry_point
+from lit_models.checkpoints import (
+    check_recipe_fits_data,
+    check_state_dict_fits,
+    load_checkpoint,
+    select_resume_checkpoint,
+)
 
 log = logging.getLogger("experiments.train")
 
 
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` if given; with ``resume=auto`` the newest last.ckpt of this experiment."""
+def resolve_ckpt_path(cfg: DictConfig) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint to resume from and its loaded dict: ``ckpt_path`` if given; with
+    ``resume=auto`` the newest good checkpoint of this run (``select_resume_checkpoint``)."""
     if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
+        return str(cfg.ckpt_path), load_checkpoint(cfg.ckpt_path)
     resume = cfg.get("resume")
     if resume in (None, False, "never"):
-        return None
+        return None, {}
     if resume != "auto":
-        raise ValueError(f"resume must be null or 'auto', got {resume!r} (use ckpt_path=<file>)")
+        raise UserError(f"config key resume: must be null or 'auto', got {resume!r} "
+                        "(use ckpt_path=<file> for a given checkpoint)")
     run_root = Path(cfg.paths.log_dir) / cfg.task_name / cfg.run_name
-    found = find_last_checkpoint(run_root)
-    log.info(f"resume=auto: {'resuming from ' + str(found) if found else 'no last.ckpt under ' + str(run_root) + ', starting fresh'}")
-    return str(found) if found else None
+    found, ckpt = select_resume_checkpoint(run_root)
+    log.info(f"resume=auto: {'resuming from ' + str(found) if found else 'no checkpoint under ' + str(run_root) + ', starting fresh'}")
+    return (str(found) if found else None), ckpt
+
+
+def check_before_work(cfg: DictConfig) -> None:
+    """Config values, constructible targets and a recipe that fits the data, before any work."""
+    check_config(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("data", "model"):
+        check_target(cfg[key].get("_target_"), key)
+    check_recipe_fits_data(hydra.utils.get_class(cfg.model._target_),
+                           hydra.utils.get_class(cfg.data._target_),
+                           f"model={cfg.model._target_} with data={cfg.data._target_}")
 
 
 def _log_checkpoint_artifact(trainer: L.Trainer, path: str) -> None:
@@ -70,11 +90,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    ckpt_path = resolve_ckpt_path(cfg)
-    meta = load_checkpoint(ckpt_path).get("platform", {}) if ckpt_path else {}
+    check_before_work(cfg)
+    ckpt_path, ckpt = resolve_ckpt_path(cfg)
+    meta = ckpt.get("platform") or {}
 
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule: L.LightningDataModule = instantiate(cfg.data, "data", _convert_="all")
     if cfg.model.arch_config.get("vocab_size") is None:
         set_in(cfg, "model.arch_config.vocab_size", datamodule.vocab_size)
     if meta.get("wandb_run_id") and "wandb" in (cfg.get("logger") or {}):
@@ -83,12 +104,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     apply_extras(cfg)
 
     log.info(f"Instantiating model <{cfg.model._target_}> ({cfg.model.arch})")
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model: L.LightningModule = instantiate(cfg.model, "model", _convert_="all")
+    if ckpt_path:
+        check_state_dict_fits(model, ckpt.get("state_dict") or {}, f"checkpoint {ckpt_path}")
+    del ckpt
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     callbacks.append(RunMetadata(OmegaConf.to_container(cfg, resolve=True), git_commit()))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
     log_hyperparameters(cfg, model, loggers)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "callbacks": callbacks,
                "loggers": loggers, "trainer": trainer}
@@ -107,11 +131,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("log_checkpoint_artifact") and final:
         _log_checkpoint_artifact(trainer, final)
-    _print_summary(metrics, best)
+    _print_summary(metrics, best, trainer)
     return metrics, objects
 
 
-def _print_summary(metrics: dict[str, float], best: str) -> None:
+def _print_summary(metrics: dict[str, float], best: str, trainer: L.Trainer) -> None:
+    if 0 < trainer.global_step < trainer.max_steps:
+        log.warning(f"training stopped at step {trainer.global_step} of trainer.max_steps="
+                    f"{trainer.max_steps} (a time limit, token budget or early stop ended it)")
     lines = [f"{k} = {metrics[k]:.4f}" for k in sorted(metrics) if k.split("/")[0] in ("val", "test", "baseline")]
     if "val/loss" in metrics and "baseline/bigram_val_loss" in metrics:
         gap = metrics["baseline/bigram_val_loss"] - metrics["val/loss"]
@@ -122,6 +149,7 @@ def _print_summary(metrics: dict[str, float], best: str) -> None:
     log.info("Final metrics:\n  " + "\n  ".join(lines))
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -130,7 +158,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception:
         # In a sweep, one failed trial (e.g. out of memory) scores worst instead of killing it.
         if sweeping:
-            log.exception("Trial failed; returning a worst-case score")
+            log.error("Trial failed; returning a worst-case score")
             return math.inf
         raise
     value = metric_value(metrics, cfg.get("optimized_metric"))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.metadata
 import logging
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -18,12 +20,80 @@ import hydra
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from experiments import REPO_ROOT
+from lhp.errors import UserError
 
 log = logging.getLogger("experiments")
 PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "numpy")
+
+
+# Third-party classes a config may name (besides classes defined in the platform's own
+# packages): Lightning's public callbacks, loggers and Trainer, by public or defining path.
+_THIRD_PARTY_MODULES = ("lightning.pytorch.callbacks", "lightning.pytorch.loggers")
+_OWN_PACKAGES = ("lit_models", "datamodules", "callbacks", "experiments")
+
+
+@functools.cache
+def _third_party_classes() -> frozenset[str]:
+    from lightning.pytorch import Trainer
+
+    classes = [Trainer]
+    for module in _THIRD_PARTY_MODULES:
+        mod = importlib.import_module(module)
+        classes += [getattr(mod, name) for name in mod.__all__]
+    paths = {"lightning.pytorch.trainer.Trainer", "lightning.pytorch.Trainer", "lightning.Trainer"}
+    for module in _THIRD_PARTY_MODULES:
+        paths |= {f"{module}.{name}" for name in importlib.import_module(module).__all__}
+    paths |= {f"{c.__module__}.{c.__qualname__}" for c in classes if isinstance(c, type)}
+    return frozenset(p for p in paths if "Lambda" not in p)  # LambdaCallback runs callables
+
+
+def check_target(target: Any, key: str) -> None:
+    """Refuse a ``_target_`` that is not a platform class or an allowed Lightning class.
+
+    Files are data, never code: whatever a YAML, study file or override names, only classes
+    *defined* in the platform's packages (``obj.__module__`` must match, so a re-export such as
+    ``lit_models.atlas.subprocess.Popen`` is refused) or Lightning's callbacks, loggers and
+    Trainer are ever constructed.
+    """
+    where = f"config key {key}._target_"
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", target):
+        raise UserError(f"{where}: {target!r} is not a class path")
+    if target in _third_party_classes():
+        return
+    if target.split(".")[0] not in _OWN_PACKAGES:
+        raise UserError(f"{where}: {target!r} is not a platform class; only classes of "
+                        f"{list(_OWN_PACKAGES)} and Lightning callbacks/loggers/Trainer are built")
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(target)
+    except ImportError as err:
+        raise UserError(f"{where}: cannot find {target!r} ({err})") from None
+    if not isinstance(obj, type) or f"{obj.__module__}.{obj.__qualname__}" != target:
+        raise UserError(f"{where}: {target!r} is not a class defined in the platform")
+
+
+def check_targets(cfg: Any, key: str) -> None:
+    """:func:`check_target` on every ``_target_`` of a (nested) config."""
+    if isinstance(cfg, DictConfig | dict):
+        for name, value in cfg.items():
+            sub = f"{key}.{name}" if key else str(name)
+            if name == "_target_":
+                check_target(value, key)
+            else:
+                check_targets(value, sub)
+    elif isinstance(cfg, ListConfig | list | tuple):
+        for i, value in enumerate(cfg):
+            check_targets(value, f"{key}[{i}]")
+
+
+def instantiate(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` after :func:`check_targets` on the whole subtree."""
+    check_targets(cfg, key)
+    return hydra.utils.instantiate(cfg, **kwargs)
 
 
 def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
@@ -32,7 +102,7 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
     for name, conf in (cfg or {}).items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info(f"Instantiating {kind} <{conf._target_}> ({name})")
-            objects.append(hydra.utils.instantiate(conf, _convert_="all"))
+            objects.append(instantiate(conf, f"{kind}s.{name}", _convert_="all"))
     return objects
 
 
@@ -97,29 +167,6 @@ def log_hyperparameters(cfg: DictConfig, model: torch.nn.Module, loggers: list[L
         lg.log_hyperparams(hparams)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a platform checkpoint safely (``weights_only=True``) with a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    from lit_models.compression.store import is_weight_store
-
-    if is_weight_store(path):  # written by the SQLite CheckpointIO plugin (plugins/sqlite_checkpoint)
-        from lit_models.compression.checkpoint_io import read_checkpoint
-
-        return read_checkpoint(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types
-        raise ValueError(f"cannot load checkpoint {path}: {err}") from err
-
-
-def find_last_checkpoint(run_root: str | Path) -> Path | None:
-    """Newest ``last.ckpt`` under ``<run_root>/*/checkpoints/`` (for ``resume=auto``)."""
-    candidates = list(Path(run_root).glob("*/checkpoints/last.ckpt"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
 def set_in(cfg: DictConfig, key: str, value: Any) -> None:
     """``OmegaConf.update`` that works on struct configs (used to fill derived values)."""
     with open_dict(cfg):
@@ -151,6 +198,9 @@ def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]
             result = fn(cfg)
             failed = False
             return result
+        except UserError as err:
+            log.error(f"Run failed: {err}")  # the boundary prints it; no traceback for these
+            raise
         except Exception:
             log.exception("Run failed")
             raise
@@ -171,30 +221,6 @@ def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
         return None
     value = float(metrics[name])
     return value if math.isfinite(value) else math.inf
-
-
-def platform_meta(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """The ``platform`` block that experiments.train stores in every checkpoint."""
-    meta = ckpt.get("platform")
-    if not meta or not meta.get("config"):
-        raise ValueError(
-            f"checkpoint {path} has no platform metadata (config/tokenizer); "
-            "was it written by experiments.train?"
-        )
-    return meta
-
-
-def load_module(ckpt: dict[str, Any], meta: dict[str, Any]) -> Any:
-    """Rebuild the LightningModule from an already loaded checkpoint dict (no second read).
-
-    Same as ``Cls.load_from_checkpoint``: construct from the saved hyper-parameters, load the
-    weights strictly, then run the module's own ``on_load_checkpoint``.
-    """
-    module_cls = hydra.utils.get_class(meta["config"]["model"]["_target_"])
-    module = module_cls(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    module.on_load_checkpoint(ckpt)
-    return module.eval()
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:

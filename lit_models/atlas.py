@@ -46,6 +46,7 @@ from torch.nn.utils import parametrize
 
 from datamodules.book_coords import CharVocab, charset_hash, positions
 from datamodules.files import write_atomic
+from lhp.errors import UserError
 from lit_models.archs.fractal import FractalConfig, FractalDecoder
 
 FORMAT = "fractal-atlas/1"
@@ -59,7 +60,7 @@ RESIDUAL_MAGIC = b"FAR1"
 TRAINING_ONLY = ("num_books", "spectral_norm", "depth_warmup_steps")
 
 
-class AtlasError(ValueError):
+class AtlasError(UserError):
     """A bad library, core, key or book; the message names the file and what was expected."""
 
 

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.archs import build_arch
 from lit_models.archs.indra import magnitude_salience, phase_dispersion
 from lit_models.language_model import IGNORE_INDEX, LanguageModel, _plain
 
@@ -142,18 +141,11 @@ def load_teacher(spec: Mapping[str, Any], vocab_size: int, tokenizer: Any | None
         if not path.is_file():
             raise FileNotFoundError(f"{key}: teacher checkpoint {path} does not exist; train one "
                                     "first (experiment=indra_teacher) or point to a .ckpt file")
-        from experiments.utils import load_checkpoint  # weights_only=True, clear errors
+        from lit_models.checkpoints import load_net  # registered classes only, weights_only=True
 
-        ckpt = load_checkpoint(path)
-        hp = ckpt.get("hyper_parameters") or {}
-        if "arch" not in hp or "arch_config" not in hp:
-            raise ValueError(f"{key}: {path} is not a platform language-model checkpoint "
-                             "(no arch/arch_config hyper-parameters)")
-        net = build_arch(hp["arch"], hp["arch_config"])
-        weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(weights, strict=True)
-        out_size, context = hp["arch_config"]["vocab_size"], hp["arch_config"].get("block_size")
-        tok_spec = (ckpt.get("platform") or {}).get("tokenizer")
+        net, meta = load_net(path, "tokens", key)
+        out_size, context = net.config.vocab_size, getattr(net.config, "block_size", None)
+        tok_spec = meta.get("tokenizer")
         if spec["verify_tokenizer"] and tokenizer is not None:
             if tok_spec is None:
                 raise ValueError(f"{key}: {path} stores no tokenizer, so its vocabulary cannot be "

@@ -187,11 +187,9 @@ class StatefulEmbedder:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> StatefulEmbedder:
         """A platform checkpoint written by ``experiments.train`` (loaded ``weights_only``)."""
-        from experiments.utils import load_checkpoint, load_module, platform_meta
+        from lit_models.checkpoints import load_net
 
-        ckpt = load_checkpoint(path)
-        meta = platform_meta(ckpt, path)
-        net = load_module(ckpt, meta).net
+        net, meta = load_net(path, "tokens", "the TCS embedder")
         spec = meta.get("tokenizer")
         if spec:
             tokenizer = build_tokenizer(spec)

@@ -35,16 +35,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 
 from experiments import REPO_ROOT
-from experiments.utils import load_checkpoint, load_module, platform_meta
+from lit_models.checkpoints import (
+    build_stored_datamodule,
+    load_checkpoint,
+    load_module,
+    platform_meta,
+)
 from lit_models.compression.baselines import CastCodec, IntCodec, SVDCodec
 from lit_models.compression.codecs import Encoded, decode
 from lit_models.compression.quaternion import QuaternionCodec
-from lit_models.compression.store import _storage_key
+from lit_models.compression.store import storage_key
 
 DEFAULT_METHODS = ("fp32,fp16,int8,int4,int3,svd128,svd64,svd16,svd12,"
                    "quat12+4,quat10+6,quat8+4,quat6+2,quat2+1")
@@ -87,7 +91,7 @@ def write_variant(state: dict[str, torch.Tensor], method: str, path: Path) -> di
     layers: dict[str, Any] = {}
     seen: dict[tuple, str] = {}
     for name, t in state.items():
-        key = _storage_key(t)
+        key = storage_key(t)
         if key in seen:
             layers[name] = {"alias": seen[key]}
             continue
@@ -130,7 +134,7 @@ def read_variant(path: Path) -> dict[str, torch.Tensor]:
 def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy of a state dict that keeps tied tensors tied (one clone per shared storage)."""
     clones: dict[tuple, torch.Tensor] = {}
-    return {k: clones.setdefault(_storage_key(v), v.clone()) for k, v in state.items()}
+    return {k: clones.setdefault(storage_key(v), v.clone()) for k, v in state.items()}
 
 
 class Evaluator:
@@ -139,9 +143,9 @@ class Evaluator:
     def __init__(self, ckpt_path: Path, limit_val_batches: int | None) -> None:
         ckpt = load_checkpoint(ckpt_path)
         meta = platform_meta(ckpt, ckpt_path)
-        self.datamodule = hydra.utils.instantiate(meta["config"]["data"], tokenizer=meta["tokenizer"],
-                                                  _convert_="all")
-        self.module = load_module(ckpt, meta)
+        self.datamodule = build_stored_datamodule({**meta["config"]["data"], "tokenizer": meta["tokenizer"]},
+                                                  ckpt_path)
+        self.module = load_module(ckpt, meta, ckpt_path)
         self.state = clone_state(self.module.state_dict())
         self.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                                  enable_progress_bar=False, enable_model_summary=False,

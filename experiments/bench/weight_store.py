@@ -27,7 +27,7 @@ import torch
 
 from experiments import REPO_ROOT
 from experiments.bench.h2q_pareto import CANDIDATES, default_checkpoint
-from lit_models.compression.store import WeightStore, _storage_key
+from lit_models.compression.store import WeightStore, storage_key
 
 PROBE = r"""
 import json, sys, time
@@ -76,12 +76,12 @@ def probe(variant: str, path: Path, layer: str) -> dict[str, Any]:
 
 
 def unique_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    from experiments.h2q import read_state_dict
+    from lit_models.checkpoints import read_state_dict
 
     seen, out = set(), {}
     for k, v in read_state_dict(ckpt).items():
-        if _storage_key(v) not in seen:  # tied tensors once (safetensors refuses shared memory)
-            seen.add(_storage_key(v))
+        if storage_key(v) not in seen:  # tied tensors once (safetensors refuses shared memory)
+            seen.add(storage_key(v))
             out[k] = v.contiguous()
     return out
 

@@ -11,7 +11,7 @@ import torch
 
 from experiments import h2q
 from experiments.train import train
-from experiments.utils import load_checkpoint
+from lit_models.checkpoints import load_checkpoint
 from lit_models.compression.store import WeightStore, WeightStoreError, is_weight_store
 from tests.conftest import compose_config
 

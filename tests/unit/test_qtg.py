@@ -249,7 +249,7 @@ def test_named_sizes_are_within_5_percent(make_cfg, name: str, nominal: float) -
 def test_loss_terms_are_logged_and_nan_stops_training_keeping_the_checkpoint(
         make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.train import train
-    from experiments.utils import load_checkpoint
+    from lit_models.checkpoints import load_checkpoint
 
     cfg = make_cfg(["experiment=qtg_124m_tiny", "logger=csv", "trainer.max_steps=2",
                     "test=false", "trainer.log_every_n_steps=1", "trainer.accumulate_grad_batches=1",
