@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lhp.errors import entry_point
+
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
 PANELS = (
     ("Total loss", ["train/loss", "val/loss"], None),
@@ -116,6 +118,7 @@ def plot(runs: dict[str, Series], out: Path, window: int = 20) -> Path:
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.indra_plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

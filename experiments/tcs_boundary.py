@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from experiments import REPO_ROOT
+from lhp.errors import entry_point
 from lit_models.embedder import StatefulEmbedder
 from lit_models.topology import StreamingAnalyzer, compute_persistence
 
@@ -276,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     threads = torch.get_num_threads()

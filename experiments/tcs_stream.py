@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import CONFIG_DIR
 from experiments.utils import apply_extras, instantiate_group, task_wrapper, wandb_loggers
+from lhp.errors import UserError, entry_point
 from lit_models.embedder import StatefulEmbedder
 from lit_models.topology import BettiEvent, StreamingAnalyzer
 
@@ -65,7 +66,7 @@ class StreamTrace:
 def build_embedder(cfg: DictConfig) -> StatefulEmbedder:
     """From ``ckpt_path`` (platform checkpoint) or ``hf_path`` (Hugging Face directory)."""
     if bool(cfg.get("ckpt_path")) == bool(cfg.get("hf_path")):
-        raise ValueError("give exactly one of ckpt_path=<platform .ckpt> or hf_path=<Hugging Face "
+        raise UserError("give exactly one of ckpt_path=<platform .ckpt> or hf_path=<Hugging Face "
                          f"model dir>; got ckpt_path={cfg.get('ckpt_path')!r}, "
                          f"hf_path={cfg.get('hf_path')!r}")
     kwargs = OmegaConf.to_container(cfg.embedder, resolve=True)
@@ -78,17 +79,17 @@ def build_embedder(cfg: DictConfig) -> StatefulEmbedder:
 def read_text(path: str | Path, max_chars: int | None = None) -> str:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"text_path {str(path)!r} does not exist or is not a file")
+        raise UserError(f"text_path {str(path)!r} does not exist or is not a file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"text_path {str(path)!r} is not UTF-8: {err}") from err
+        raise UserError(f"text_path {str(path)!r} is not UTF-8: {err}") from err
     if max_chars is not None:
         if max_chars <= 0:
-            raise ValueError(f"max_chars must be a positive int or null, got {max_chars!r}")
+            raise UserError(f"max_chars must be a positive int or null, got {max_chars!r}")
         text = text[:max_chars]
     if not text.strip():
-        raise ValueError(f"text_path {str(path)!r} is empty")
+        raise UserError(f"text_path {str(path)!r} is empty")
     return text
 
 
@@ -141,7 +142,7 @@ def tcs_stream(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(cfg.text_chunk_chars, int) or cfg.text_chunk_chars <= 0:
-        raise ValueError(f"text_chunk_chars must be a positive int, got {cfg.text_chunk_chars!r}")
+        raise UserError(f"text_chunk_chars must be a positive int, got {cfg.text_chunk_chars!r}")
     text = read_text(cfg.text_path, cfg.get("max_chars"))
     embedder = build_embedder(cfg)
     analyzer = StreamingAnalyzer(**OmegaConf.to_container(cfg.analyzer, resolve=True))
@@ -200,6 +201,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                      "loggers": loggers}
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tcs_stream")
 def main(cfg: DictConfig) -> None:
     tcs_stream(cfg)
