@@ -29,6 +29,8 @@ from omegaconf import ListConfig
 from torch.utils.data import Dataset
 
 from datamodules.base import ResumableDataLoader, ResumableSampler, loader_generator
+from datamodules.files import DataFormatError, read_text
+from lhp.errors import UserError
 
 log = logging.getLogger(__name__)
 UNKNOWN_ID = 0
@@ -42,9 +44,9 @@ class CharVocab:
         chars = list(chars)
         bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
         if bad:
-            raise ValueError(f"charset entries must be single characters, got {bad[:5]!r}")
+            raise UserError(f"charset entries must be single characters, got {bad[:5]!r}")
         if len(set(chars)) != len(chars):
-            raise ValueError("charset has duplicate characters")
+            raise UserError("charset has duplicate characters")
         self.chars = chars
         self.index = {c: i + 1 for i, c in enumerate(chars)}
 
@@ -66,14 +68,14 @@ class CharVocab:
     def encode(self, text: str, unknown: str = "error", where: str = "<text>") -> torch.Tensor:
         """Character ids (int64) of ``text``; unknown characters per the ``unknown`` policy."""
         if unknown not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+            raise UserError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
         ids = [self.index.get(c, UNKNOWN_ID) for c in text]
         if unknown == "error" and UNKNOWN_ID in ids:
             pos = ids.index(UNKNOWN_ID)
             line = text.count("\n", 0, pos) + 1
             col = pos - (text.rfind("\n", 0, pos) + 1) + 1
             missing = sorted(set(text) - set(self.index))
-            raise ValueError(
+            raise UserError(
                 f"{where}:{line}:{col}: character {text[pos]!r} is not in the frozen vocabulary "
                 f"({len(missing)} unknown character(s): {''.join(missing)[:40]!r}); use a core "
                 "trained with these characters, or unknown='unk' to map them to id 0")
@@ -90,28 +92,29 @@ def charset_hash(chars: Sequence[str]) -> str:
 
 def read_book(path: str | Path, max_chars: int | None = None) -> str:
     """A UTF-8 book (or its first ``max_chars`` characters), exactly as on disk (no newline
-    translation). Missing, empty and non-UTF-8 files are errors naming the file."""
+    translation). Missing, special (FIFO, directory, device), empty and non-UTF-8 files are
+    ``DataFormatError`` (a ``UserError``) naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"book not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); "
-                         "a book must be a UTF-8 text file") from err
+    text = read_text(path, "a UTF-8 text file (a book; see data.books)")
     if text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark is not part of the book
     if max_chars is not None:
         text = text[:max_chars]
     if not text:
-        raise ValueError(f"{path}: empty book (nothing to learn)")
+        raise DataFormatError(f"{path}: empty book (nothing to learn); expected a UTF-8 text "
+                              "file with at least one character")
     return text
 
 
 def positions(n_chars: int) -> torch.Tensor:
     """``x_i = i / (N - 1)`` in float64 (x = 0 for a one-character book)."""
     return torch.arange(n_chars, dtype=torch.float64) / max(n_chars - 1, 1)
+
+
+def position_index(x: torch.Tensor, n_chars: int) -> torch.Tensor:
+    """Inverse of ``positions``: the character index (int64) nearest to each coordinate ``x``
+    in [0, 1] of an ``n_chars``-character book (clamped to the book)."""
+    return torch.round(x * max(n_chars - 1, 1)).long().clamp(0, max(n_chars - 1, 0))
 
 
 def _identity(batch: Any) -> Any:
@@ -174,26 +177,26 @@ class BookCoordsDataModule(L.LightningDataModule):
         super().__init__()
         books = [books] if isinstance(books, str) else list(books or [])
         if not books:
-            raise ValueError("data.books: give at least one UTF-8 text file")
+            raise UserError("data.books: give at least one UTF-8 text file")
         titles = list(titles) if isinstance(titles, list | tuple | ListConfig) else titles
         if titles is not None and len(titles) != len(books):
-            raise ValueError(f"data.titles has {len(titles)} entries for {len(books)} books")
+            raise UserError(f"data.titles has {len(titles)} entries for {len(books)} books")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"data.{key} must be a positive int, got {value!r}")
+                raise UserError(f"data.{key} must be a positive int, got {value!r}")
         limits = list(max_chars) if isinstance(max_chars, list | tuple | ListConfig) else [max_chars] * len(books)
         if len(limits) != len(books) or any(
                 m is not None and (isinstance(m, bool) or not isinstance(m, int) or m <= 0) for m in limits):
-            raise ValueError(f"data.max_chars must be a positive int, null, or a list of those with "
-                             f"one entry per book ({len(books)}), got {max_chars!r}")
+            raise UserError(f"data.max_chars must be a positive int, null, or a list of those with "
+                            f"one entry per book ({len(books)}), got {max_chars!r}")
         if unknown not in UNKNOWN_POLICIES:
-            raise ValueError(f"data.unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+            raise UserError(f"data.unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
         self.save_hyperparameters(logger=False)
         self.paths = [Path(b) for b in books]
         self.titles = [str(t) for t in titles] if titles is not None else [p.stem for p in self.paths]
         self.texts = [read_book(p, m) for p, m in zip(self.paths, limits, strict=True)]
         if charset is not None and charset_books:
-            raise ValueError("data.charset (a frozen vocabulary) and data.charset_books exclude each other")
+            raise UserError("data.charset (a frozen vocabulary) and data.charset_books exclude each other")
         extra = [read_book(b) for b in ([charset_books] if isinstance(charset_books, str) else charset_books or [])]
         self.vocab = CharVocab(list(charset)) if charset is not None else CharVocab.from_texts(self.texts + extra)
         self.ids = [self.vocab.encode(t, unknown, str(p)) for t, p in zip(self.texts, self.paths, strict=True)]

@@ -2,8 +2,8 @@
 
 A record is one JSON object per line holding either ``text`` or Alpaca-style
 ``instruction``/``input``/``output``. Reading is strict: any problem stops with a
-``DataFormatError`` naming the file, the line and what was expected, rather than silently
-training on a partial or garbled corpus.
+``DataFormatError`` (a ``UserError``) naming the file, the line and what was expected, rather
+than silently training on a partial, garbled or empty corpus.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from datamodules.files import write_atomic
+from datamodules.files import DataFormatError, iter_lines, parse_json, write_atomic
+from lhp.errors import UserError
+
+__all__ = ["DataFormatError", "check_strings", "format_record", "iter_json_lines", "json_kind",
+           "read_jsonl_records", "write_mock_corpus"]
 
 _EXPECTED_RECORD = "an object with a string 'text', or strings 'instruction' and 'output'"
-
-
-class DataFormatError(ValueError):
-    """A data file is missing or malformed; the message names the file and line."""
+_EXPECTED_FILE = "a JSONL file (or set data.create_mock_data=true to generate a mock corpus)"
+_JSON_KINDS = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
 
 
 def _fail(path: Path, line: int | None, problem: str, expected: str) -> DataFormatError:
@@ -29,11 +32,33 @@ def _fail(path: Path, line: int | None, problem: str, expected: str) -> DataForm
     return DataFormatError(f"{where}: {problem}; expected {expected}")
 
 
+def json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed value ("array", "string", ...)."""
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def check_strings(record: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Each of ``keys`` present in ``record`` holds a string of valid Unicode (JSON's ``\\ud800``
+    escapes can smuggle in unpaired surrogates, which no tokenizer can encode)."""
+    for key in keys:
+        if key not in record:
+            continue
+        value = record[key]
+        if not isinstance(value, str):
+            raise DataFormatError(f"{where}: key {key!r} is a {type(value).__name__}, not a "
+                                  f"string; expected {key!r} to be a JSON string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataFormatError(
+                f"{where}: key {key!r} holds an unpaired surrogate {value[err.start]!r} at "
+                f"character {err.start}, which is not valid Unicode; expected {key!r} to be "
+                "valid Unicode text") from None
+
+
 def _check_record(path: Path, lineno: int, obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
-        kind = {list: "array", str: "string", bool: "boolean", int: "number",
-                float: "number", type(None): "null"}.get(type(obj), type(obj).__name__)
-        raise _fail(path, lineno, f"line is a JSON {kind}, not an object", _EXPECTED_RECORD)
+        raise _fail(path, lineno, f"line is a JSON {json_kind(obj)}, not an object", _EXPECTED_RECORD)
     if "text" in obj:
         required, optional = ("text",), ()
     elif "instruction" in obj or "output" in obj:
@@ -45,43 +70,30 @@ def _check_record(path: Path, lineno: int, obj: Any) -> dict[str, Any]:
     for key in required:
         if key not in obj:
             raise _fail(path, lineno, f"record is missing the key {key!r}", _EXPECTED_RECORD)
-    for key in required + optional:
-        if key in obj and not isinstance(obj[key], str):
-            raise _fail(path, lineno,
-                        f"key {key!r} is a {type(obj[key]).__name__}, not a string",
-                        f"{key!r} to be a JSON string")
+    check_strings(obj, required + optional, f"{path}:{lineno}")
     return obj
+
+
+def iter_json_lines(path: Path, file_expected: str,
+                    record_expected: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of every non-blank line of a JSONL file; a missing or
+    special file, bad UTF-8, a line over the record limit or invalid JSON is a
+    ``DataFormatError`` naming the file and line (and what was expected of file or record)."""
+    for lineno, line in iter_lines(path, file_expected):
+        if line.strip():
+            yield lineno, parse_json(line, path, f"one JSON object per line, {record_expected}",
+                                     lineno)
 
 
 def read_jsonl_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read every record of a JSONL file, validating each line; blank lines are skipped.
 
-    Raises ``DataFormatError`` (a ``ValueError``) naming the file and 1-based line number.
+    Raises ``DataFormatError`` (a ``UserError``) naming the file and 1-based line number; a
+    file without records is refused too (it would train on nothing).
     """
     path = Path(path)
-    if not path.exists():
-        raise _fail(path, None, "file does not exist",
-                    "a JSONL file (or set data.create_mock_data=true to generate a mock corpus)")
-    if path.is_dir():
-        raise _fail(path, None, "path is a directory", "a JSONL file with one record per line")
-    data = path.read_bytes()
-    records: list[dict[str, Any]] = []
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _fail(path, lineno, f"invalid UTF-8 byte at byte {e.start + 1} of the line",
-                        "UTF-8 encoded text") from None
-        if lineno == 1:
-            line = line.removeprefix("\ufeff")  # tolerate a UTF-8 byte-order mark
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _fail(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})",
-                        f"one JSON object per line, {_EXPECTED_RECORD}") from None
-        records.append(_check_record(path, lineno, obj))
+    records = [_check_record(path, lineno, obj)
+               for lineno, obj in iter_json_lines(path, _EXPECTED_FILE, _EXPECTED_RECORD)]
     if not records:
         raise _fail(path, None, "file holds no records",
                     f"at least one line with a JSON object: {_EXPECTED_RECORD}")
@@ -285,9 +297,9 @@ def write_mock_corpus(path: str | os.PathLike[str], num_records: int, seed: int)
     temporary file in the same directory and moved into place, so it is never half-written.
     """
     if isinstance(num_records, bool) or not isinstance(num_records, int) or num_records < 1:
-        raise ValueError(f"num_records must be an int >= 1, got {num_records!r}")
+        raise UserError(f"data.mock_num_records (num_records) must be an int >= 1, got {num_records!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise UserError(f"data.mock_seed (seed) must be an int, got {seed!r}")
     path = Path(path)
     rng = random.Random(seed)
     lines = [json.dumps(_mock_record(rng, kind), ensure_ascii=False)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from datamodules.base import PackedDataset, TokenDataModule
 from datamodules.jsonl import format_record, read_jsonl_records, write_mock_corpus
 from datamodules.tokenizers import build_tokenizer
+from lhp.errors import UserError
 
 
 class MockJSONLDataModule(TokenDataModule):
@@ -57,16 +58,16 @@ class MockJSONLDataModule(TokenDataModule):
         if isinstance(data_files, str):
             data_files = [data_files]
         if not create_mock_data and not data_files:
-            raise ValueError(
+            raise UserError(
                 "data.data_files is empty and data.create_mock_data is false: point "
                 "data.data_files at your JSONL file(s) or set data.create_mock_data=true"
             )
         for key, value in (("block_size", block_size), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"data.{key} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"data.{key} must be a positive int, got {value!r}")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < value < 0.5:
-                raise ValueError(f"data.{key} must be in (0, 0.5), got {value!r}")
+                raise UserError(f"data.{key} must be in (0, 0.5), got {value!r}")
         self.save_hyperparameters(logger=False)
         self.tokenizer = build_tokenizer(tokenizer or {"kind": "byte"})
         self.block_size, self.batch_size = block_size, batch_size
@@ -93,7 +94,7 @@ class MockJSONLDataModule(TokenDataModule):
             tokens = self._tokenize([format_record(records[i][1]) for i in sorted(idx)])
             if tokens.numel() < self.block_size + 1:
                 names = ", ".join(str(f) for f in self.files)
-                raise ValueError(
+                raise UserError(
                     f"the {split} split of {names} has {tokens.numel()} tokens, fewer than one "
                     f"block of data.block_size+1={self.block_size + 1}: add records or lower "
                     "data.block_size / change data.val_fraction and data.test_fraction"

@@ -17,6 +17,7 @@ JSON, so a checkpoint is self-contained: ``build_tokenizer(tok.to_dict())`` need
 
 from __future__ import annotations
 
+import inspect
 import json as jsonlib
 import logging
 import os
@@ -28,7 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import tokenizers as hf
 
-from datamodules.files import write_atomic
+from datamodules.files import DataFormatError, parse_json, read_text, write_atomic
+from lhp.errors import UserError
 
 log = logging.getLogger("datamodules.tokenizers")
 
@@ -182,11 +184,16 @@ class HFTokenizer:
             raise ValueError(f"HFTokenizer kind must be 'bpe' or 'pretrained', got {kind!r}")
         where = source or f"{kind} tokenizer JSON"
         if not isinstance(json, str):
-            raise ValueError(f"{where}: tokenizer JSON must be a string, got {type(json).__name__}")
+            raise UserError(f"{where}: tokenizer JSON must be a string, got {type(json).__name__}")
+        expected = "a Hugging Face tokenizer.json (Tokenizer.save / save_pretrained)"
+        if not isinstance(parse_json(json, where, expected), dict):
+            raise DataFormatError(f"{where}: not a valid Hugging Face tokenizer JSON (not a JSON "
+                                  f"object); expected {expected}")
         try:
             tok = hf.Tokenizer.from_str(json)
         except Exception as e:  # the Rust side raises a plain Exception
-            raise ValueError(f"{where}: not a valid Hugging Face tokenizer JSON: {e}") from e
+            raise DataFormatError(f"{where}: not a valid Hugging Face tokenizer JSON (wrong "
+                                  f"schema: {e}); expected {expected}") from None
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True  # a literal "<eos>" in text is text, not the eos id
@@ -206,13 +213,13 @@ class HFTokenizer:
         if eos_token is None:
             found = [t for t in EOS_CANDIDATES if t in vocab]
             if not found:
-                raise ValueError(
+                raise UserError(
                     f"{where}: none of the end-of-sequence tokens {list(EOS_CANDIDATES)} is in "
                     f"the vocabulary; set eos_token to this tokenizer's end-of-sequence token"
                 )
             eos_token = found[0]
         elif eos_token not in vocab:
-            raise ValueError(f"{where}: eos_token {eos_token!r} is not in the vocabulary")
+            raise UserError(f"{where}: eos_token {eos_token!r} is not in the vocabulary")
         self.eos_token = eos_token
         self.eos_id = vocab[eos_token]
         self.pad_id = vocab.get(BPE_PAD, self.eos_id)
@@ -303,8 +310,8 @@ class HFTokenizer:
 # --------------------------------------------------------------------------- BPE training
 def _check_bpe_vocab_size(vocab_size: Any) -> int:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 258:
-        raise ValueError(
-            f"BPE vocab_size must be an int > 258 (256 byte tokens + {BPE_EOS} + {BPE_PAD} "
+        raise UserError(
+            f"BPE vocab_size (data.tokenizer.vocab_size) must be an int > 258 (256 byte tokens + {BPE_EOS} + {BPE_PAD} "
             f"leave no room for merges otherwise), got vocab_size={vocab_size!r}"
         )
     return vocab_size
@@ -337,7 +344,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
 
     tok.train_from_iterator(counted(), trainer)
     if n == 0:
-        raise ValueError("cannot train a BPE tokenizer on an empty corpus (no texts given)")
+        raise UserError("cannot train a BPE tokenizer on an empty corpus (no texts given)")
     out = HFTokenizer(tok.to_str(), kind="bpe", eos_token=BPE_EOS)
     if out.vocab_size < vocab_size:
         log.warning(f"BPE training on {n} texts found only {out.vocab_size} tokens, fewer than "
@@ -346,7 +353,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
 
 
 def _load_cached_bpe(path: Path, vocab_size: int) -> HFTokenizer:
-    tok = HFTokenizer(path.read_text(encoding="utf-8"), kind="bpe", eos_token=BPE_EOS,
+    tok = HFTokenizer(read_text(path, "a BPE tokenizer.json"), kind="bpe", eos_token=BPE_EOS,
                       source=str(path))
     model = tok.hf_tokenizer.model
     if not isinstance(model, hf.models.BPE) or tok.style != "byte_level":
@@ -386,7 +393,7 @@ def get_or_train_bpe(texts_fn: Callable[[], Iterable[str]], corpus_key: str, voc
     if path.exists():
         try:
             tok = _load_cached_bpe(path, vocab_size)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
+        except (OSError, ValueError) as e:  # a DataFormatError names the file
             log.warning(f"BPE tokenizer cache file {path} is corrupt or unusable ({e}); "
                         f"retraining and replacing it")
         else:
@@ -402,24 +409,22 @@ def get_or_train_bpe(texts_fn: Callable[[], Iterable[str]], corpus_key: str, voc
 # --------------------------------------------------------------------------- pretrained
 def load_pretrained(path: str | os.PathLike[str], eos_token: str | None = None) -> HFTokenizer:
     """A pretrained Hugging Face tokenizer from ``path``: a directory holding ``tokenizer.json``
-    (e.g. a downloaded TinyLlama) or such a file itself."""
+    (e.g. a downloaded TinyLlama) or such a file itself. A missing, special (FIFO, device),
+    non-UTF-8 or malformed file is a ``UserError`` naming it."""
     given = Path(path).expanduser()
     expected = "a directory containing tokenizer.json (a Hugging Face model download) or a tokenizer.json file"
     if not given.exists():
-        raise FileNotFoundError(f"pretrained tokenizer path {str(given)!r} does not exist; "
-                                f"expected {expected}")
+        raise UserError(f"pretrained tokenizer path {str(given)!r} (data.tokenizer.path) does "
+                        f"not exist; expected {expected}")
     file = given / "tokenizer.json" if given.is_dir() else given
-    if not file.is_file():
+    if given.is_dir() and not file.exists():
         hint = ""
         if (given / "tokenizer.model").exists():
             hint = (" (it has a SentencePiece tokenizer.model, which needs converting to "
                     "tokenizer.json, e.g. with transformers' AutoTokenizer.save_pretrained)")
-        raise FileNotFoundError(f"no tokenizer.json in {str(given)!r}{hint}; expected {expected}")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read pretrained tokenizer {str(file)!r}: {e}") from e
-    tok = HFTokenizer(text, kind="pretrained", eos_token=eos_token, source=str(file))
+        raise UserError(f"no tokenizer.json in {str(given)!r}{hint}; expected {expected}")
+    tok = HFTokenizer(read_text(file, expected), kind="pretrained", eos_token=eos_token,
+                      source=str(file))
     log.info(f"Loaded pretrained tokenizer {file} (vocab_size={tok.vocab_size}, "
              f"eos={tok.eos_token!r})")
     return tok
@@ -428,7 +433,7 @@ def load_pretrained(path: str | os.PathLike[str], eos_token: str | None = None) 
 # --------------------------------------------------------------------------- registry
 def _check_spec_vocab(tok: HFTokenizer, vocab_size: Any) -> HFTokenizer:
     if vocab_size is not None and vocab_size != tok.vocab_size:
-        raise ValueError(f"tokenizer spec says vocab_size={vocab_size!r} but its JSON has "
+        raise UserError(f"tokenizer spec says vocab_size={vocab_size!r} but its JSON has "
                          f"{tok.vocab_size} tokens ({tok!r})")
     return tok
 
@@ -436,7 +441,7 @@ def _check_spec_vocab(tok: HFTokenizer, vocab_size: Any) -> HFTokenizer:
 def _bpe_from_spec(json: str | None = None, vocab_size: int | None = None,
                    eos_token: str | None = None) -> HFTokenizer:
     if json is None:
-        raise ValueError(
+        raise UserError(
             "a {'kind': 'bpe'} tokenizer spec without 'json' is not trained yet: the datamodule "
             "must train it first (get_or_train_bpe on its corpus); build_tokenizer only rebuilds "
             "a trained BPE tokenizer from its spec (e.g. a checkpoint's)"
@@ -452,7 +457,7 @@ def _pretrained_from_spec(json: str | None = None, path: str | None = None,
     elif path is not None:
         tok = load_pretrained(path, eos_token)
     else:
-        raise ValueError("a {'kind': 'pretrained'} tokenizer spec needs 'path' (a directory "
+        raise UserError("a {'kind': 'pretrained'} tokenizer spec needs 'path' (a directory "
                          "holding tokenizer.json, or the file) or 'json' (from a checkpoint)")
     return _check_spec_vocab(tok, vocab_size)
 
@@ -464,7 +469,27 @@ TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
 }
 
 
-def build_tokenizer(spec: Mapping[str, Any]) -> Tokenizer:
+def check_spec(spec: Mapping[str, Any], where: str = "data.tokenizer") -> dict[str, Any]:
+    """``spec`` as a plain dict without null values, once its ``kind`` is known and every other
+    key is an argument of that kind (else a ``UserError`` naming ``<where>.<key>``): a key
+    meant for another kind (``vocab_size`` with ``kind=byte``) is a mistake, not ignored."""
+    kinds = ", ".join(sorted(TOKENIZERS))
+    if not hasattr(spec, "keys") or "kind" not in spec:
+        raise UserError(f"{where}.kind is missing (got {spec!r}); set it to one of: {kinds}")
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in TOKENIZERS:
+        raise UserError(f"{where}.kind={kind!r} is not a tokenizer kind; valid kinds: {kinds}")
+    args = {str(k): spec[k] for k in spec if k != "kind" and spec[k] is not None}
+    valid = list(inspect.signature(TOKENIZERS[kind]).parameters)
+    for key in args:
+        if key not in valid:
+            raise UserError(
+                f"{where}.{key} is not valid for {where}.kind={kind} (valid keys besides kind: "
+                f"{', '.join(valid) or 'none'}); remove it (~{where}.{key}) or set it to null")
+    return {"kind": kind, **args}
+
+
+def build_tokenizer(spec: Mapping[str, Any], where: str = "data.tokenizer") -> Tokenizer:
     """Build a tokenizer from its spec (a dict or a DictConfig):
 
     - ``{"kind": "byte"}``
@@ -472,28 +497,19 @@ def build_tokenizer(spec: Mapping[str, Any]) -> Tokenizer:
       from a checkpoint)
     - ``{"kind": "pretrained", "path": ..., "eos_token": null}`` (from a config)
 
-    Keys other than ``kind`` are passed to the kind's constructor; null values count as unset.
+    Keys other than ``kind`` are passed to the kind's constructor; null values count as unset,
+    and a key the kind does not take is a ``UserError`` naming ``<where>.<key>`` (``check_spec``).
     A ``bpe`` spec without ``json`` must be trained by the datamodule (``get_or_train_bpe``).
     """
-    if not hasattr(spec, "keys") or "kind" not in spec:
-        raise ValueError(
-            f"tokenizer spec must be a mapping with a 'kind' key, got {spec!r}; "
-            f"known kinds: {', '.join(sorted(TOKENIZERS))}"
-        )
-    kind = spec["kind"]
-    if not isinstance(kind, str) or kind not in TOKENIZERS:
-        raise ValueError(
-            f"unknown tokenizer kind {kind!r}; known kinds: {', '.join(sorted(TOKENIZERS))}"
-        )
-    kwargs = {str(k): spec[k] for k in spec if k != "kind" and spec[k] is not None}
-    return TOKENIZERS[kind](**kwargs)
+    args = check_spec(spec, where)
+    return TOKENIZERS[args.pop("kind")](**args)
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int, source: str) -> None:
-    """Raise ``ValueError`` naming ``source`` (e.g. a checkpoint path) when ``tokenizer`` has
+    """Raise ``UserError`` naming ``source`` (e.g. a checkpoint path) when ``tokenizer`` has
     more ids than the model's embedding has rows (its ids would index past it)."""
     if tokenizer.vocab_size > model_vocab_size:
-        raise ValueError(
+        raise UserError(
             f"{source}: tokenizer vocab_size {tokenizer.vocab_size} is larger than the model's "
             f"vocab_size {model_vocab_size}; the model was not trained with this tokenizer "
             f"({tokenizer!r})"

@@ -10,6 +10,7 @@ tokenizer + data config + source content, and reused by later runs.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from torch.utils.data import Dataset
 from datamodules import tokenizers
 from datamodules.base import PackedDataset, TokenDataModule
 from datamodules.corpora import alpaca_splits, fingerprint, wiki_lines
-from datamodules.files import write_atomic
+from datamodules.files import open_regular, write_atomic
 from datamodules.jsonl import format_record
+from lhp.errors import UserError
 
 log = logging.getLogger(__name__)
 RESPONSE_TAG = "### Response:\n"
@@ -95,20 +97,20 @@ class WikiTextAlpacaDataModule(TokenDataModule):
         super().__init__()
         wiki, alpaca, tokenizer = _plain(wiki), _plain(alpaca), _plain(tokenizer)
         if not wiki and not alpaca:
-            raise ValueError("data.wiki and data.alpaca are both null: enable at least one corpus")
+            raise UserError("data.wiki and data.alpaca are both null: enable at least one corpus")
         if mix_ratio is not None and not (wiki and alpaca and 0.0 < mix_ratio < 1.0):
-            raise ValueError(f"data.mix_ratio must be in (0, 1) with both corpora enabled, got {mix_ratio}")
+            raise UserError(f"data.mix_ratio must be in (0, 1) with both corpora enabled, got {mix_ratio}")
         for key, value in (("block_size", block_size), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"data.{key} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"data.{key} must be a positive int, got {value!r}")
         self.save_hyperparameters(logger=False)
         self.wiki, self.alpaca = wiki, alpaca
         self.block_size, self.batch_size = block_size, batch_size
         self.eval_set_names = [n for n, src in (("wiki", wiki), ("alpaca", alpaca)) if src]
         self.eval_set_stats: dict[str, dict[str, int]] = {}
         # null-valued keys are unset ones (e.g. vocab_size left over from a merged config)
-        self._tokenizer_spec = {k: v for k, v in (tokenizer or {"kind": "byte"}).items()
-                                if v is not None}
+        self._tokenizer_spec = tokenizers.check_spec(
+            {k: v for k, v in (tokenizer or {"kind": "byte"}).items() if v is not None})
         self._tokenizer = None
         self._texts: dict[str, Any] | None = None
         self._data: dict[str, torch.Tensor] | None = None
@@ -145,10 +147,14 @@ class WikiTextAlpacaDataModule(TokenDataModule):
         if self._tokenizer is None:
             spec = self._tokenizer_spec
             if spec.get("kind") == "bpe" and "json" not in spec:
+                if "vocab_size" not in spec:
+                    raise UserError("data.tokenizer.vocab_size is missing: a BPE tokenizer "
+                                    "(data.tokenizer.kind=bpe) is trained to this size; set it, "
+                                    "e.g. data.tokenizer.vocab_size=8192")
                 key = fingerprint(self._training_texts())
                 cache = Path(self.hparams.cache_dir) / "tokenizers"
                 self._tokenizer, _ = tokenizers.get_or_train_bpe(self._training_texts, key,
-                                                         int(spec["vocab_size"]), cache)
+                                                                 spec["vocab_size"], cache)
             else:
                 self._tokenizer = tokenizers.build_tokenizer(spec)
         return self._tokenizer
@@ -208,19 +214,62 @@ class WikiTextAlpacaDataModule(TokenDataModule):
             lengths[i], starts[i] = len(row), min(len(prompt), width)
         return {f"{name}_ids": ids, f"{name}_lengths": lengths, f"{name}_starts": starts}
 
+    def _cache_problem(self, blob: Any, key: str) -> str | None:
+        """Why a loaded cache cannot be used (None: it can): another key, or not the tensors
+        ``_tokenize_all`` makes for this config (names, shapes, integer token ids within the
+        vocabulary), which would otherwise crash training later."""
+        if not isinstance(blob, dict) or not isinstance(blob.get("data"), dict):
+            return "not a {'key', 'data'} dict"
+        if blob.get("key") != key:
+            return "key mismatch"
+        data, raw = blob["data"], self._raw()
+        n = {name: len(raw[name]) for name in raw if name.startswith("alpaca_")}
+        shapes: dict[str, tuple[int | None, ...]] = {}  # None: any size
+        for name in raw:
+            if name.startswith("wiki_"):
+                shapes.update({name: (None,), f"{name}_words": ()})
+            else:
+                shapes.update({f"{name}_ids": (n[name], self.block_size + 1),
+                               f"{name}_lengths": (n[name],), f"{name}_starts": (n[name],)})
+        if set(data) != set(shapes):
+            return f"tensors {sorted(data)}, expected {sorted(shapes)}"
+        for name, shape in shapes.items():
+            t = data[name]
+            if (not torch.is_tensor(t) or t.dtype.is_floating_point or t.dtype.is_complex
+                    or t.dim() != len(shape)
+                    or any(want not in (None, got) for want, got in zip(shape, t.shape, strict=True))):
+                return f"{name!r} is not an integer tensor of shape {shape} (None: any size)"
+            is_ids = name.startswith("wiki_") and not name.endswith("_words") or name.endswith("_ids")
+            if is_ids and t.numel() and not (int(t.min()) >= 0 and int(t.max()) < self.tokenizer.vocab_size):
+                return f"{name!r} has token ids outside the vocabulary"
+        return None
+
+    def _read_cache(self, path: Path, key: str) -> dict[str, torch.Tensor] | None:
+        """The tokenized corpus cached at ``path``, or None when there is none or it is stale,
+        truncated or garbled (one warning naming the file; the caller rebuilds it)."""
+        if not os.path.lexists(path):
+            return None
+        try:
+            with open_regular(path, "a tokenized-corpus cache file (torch.save)") as fh:
+                blob = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated/garbled: torch raises many types (EOF, zip, pickle)
+            problem: str | None = f"unreadable: {type(err).__name__}: {' '.join(str(err).split())}"
+        else:
+            problem = self._cache_problem(blob, key)
+        if problem is None:
+            return blob["data"]
+        log.warning(f"Tokenized cache {path} is stale or corrupt ({problem}); rebuilding it")
+        return None
+
     def _load_or_build(self) -> dict[str, torch.Tensor]:
         key = self._cache_key()
         path = Path(self.hparams.cache_dir) / f"tokenized-{key}.pt"
-        if path.exists():
-            try:
-                blob = torch.load(path, map_location="cpu", weights_only=True)
-                if blob.get("key") == key and isinstance(blob.get("data"), dict):
-                    print(f"Using tokenized cache {path}")
-                    return blob["data"]
-                log.warning(f"Tokenized cache {path} is stale (key mismatch); rebuilding it")
-            except Exception as err:  # corrupt or truncated file
-                log.warning(f"Tokenized cache {path} is unreadable ({err}); rebuilding it")
+        data = self._read_cache(path, key)
+        if data is not None:
+            print(f"Using tokenized cache {path}")
+            return data
         data = self._tokenize_all()
+        # atomic: a killed run never leaves a half-written cache under the real name
         write_atomic(path, lambda fh: torch.save({"key": key, "data": data}, fh))
         print(f"Tokenized corpus written to cache {path}")
         return data

@@ -18,12 +18,13 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from experiments import REPO_ROOT
-from lhp.errors import UserError
+from lhp.errors import UserError, user_error_in
 
 log = logging.getLogger("experiments")
 PACKAGES = ("torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "numpy")
@@ -93,7 +94,13 @@ def check_targets(cfg: Any, key: str) -> None:
 def instantiate(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` after :func:`check_targets` on the whole subtree."""
     check_targets(cfg, key)
-    return hydra.utils.instantiate(cfg, **kwargs)
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as err:  # a constructor's UserError comes through unwrapped
+        cause = user_error_in(err)
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:

@@ -37,13 +37,31 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     override or YAML), imported lazily so this module stays dependency-free."""
     types: list[type[BaseException]] = [UserError]
     try:
-        from hydra.errors import ConfigCompositionException, MissingConfigException
+        from hydra.errors import (
+            ConfigCompositionException,
+            MissingConfigException,
+            OverrideParseException,
+        )
         from omegaconf.errors import OmegaConfBaseException
 
-        types += [ConfigCompositionException, MissingConfigException, OmegaConfBaseException]
+        types += [ConfigCompositionException, MissingConfigException, OverrideParseException,
+                  OmegaConfBaseException]
     except ImportError:  # pragma: no cover - hydra is a core dependency
         pass
     return tuple(types)
+
+
+def user_error_in(err: BaseException) -> BaseException | None:
+    """``err`` or the first user error among its causes (Hydra's instantiate wraps what a
+    constructor raises in an ``InstantiationException``)."""
+    types = _user_error_types()
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def show_tracebacks() -> bool:
@@ -65,10 +83,11 @@ def boundary(traceback: bool | None = None) -> Iterator[None]:
     traceback = show_tracebacks() if traceback is None else traceback
     try:
         yield
-    except _user_error_types() as err:
-        if traceback:
+    except Exception as err:
+        user_error = user_error_in(err)
+        if user_error is None or traceback:
             raise
-        print(one_line(err), file=sys.stderr, flush=True)
+        print(one_line(user_error), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import torch
 from datamodules.corpora import load_hub
 from datamodules.jsonl import DataFormatError
 from datamodules.wikitext_alpaca import WikiTextAlpacaDataModule
+from lhp.errors import UserError
 from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures"
@@ -84,13 +88,123 @@ def test_tokenized_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path: Path, cap
     dm = make(tmp_path)
     assert "written to cache" in capsys.readouterr().out
     assert dm._data["wiki_train"].numel() > 0
+    blob = cache.read_bytes()
+    cache.write_bytes(blob[: len(blob) // 2])  # a truncated cache
+    assert torch.equal(make(tmp_path)._data["wiki_train"], dm._data["wiki_train"])
+    assert "written to cache" in capsys.readouterr().out
     make(tmp_path, block_size=32)  # another config: another cache file
     assert len(list((tmp_path / "cache").glob("tokenized-*.pt"))) == 2
 
 
+def _garble(data: dict[str, torch.Tensor], case: str) -> dict[str, torch.Tensor]:
+    data = dict(data)
+    if case == "missing-tensor":
+        del data["alpaca_val_ids"]
+    elif case == "ids-out-of-vocab":
+        data["wiki_train"] = data["wiki_train"].clone()
+        data["wiki_train"][3] = 10**6
+    elif case == "wrong-shape":
+        data["alpaca_train_ids"] = data["alpaca_train_ids"][:, :5]
+    elif case == "not-a-tensor":
+        data["wiki_val"] = data["wiki_val"].tolist()
+    return data
+
+
+@pytest.mark.parametrize("case", ["missing-tensor", "ids-out-of-vocab", "wrong-shape", "not-a-tensor"])
+def test_cache_of_the_wrong_structure_is_rebuilt(tmp_path: Path, case: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A cache under the right key but with garbled contents would crash (or corrupt) training
+    later: it is treated as stale, with one warning naming the file, and rebuilt."""
+    dm = make(tmp_path)
+    key = dm._cache_key()
+    (cache,) = (tmp_path / "cache").glob("tokenized-*.pt")
+    torch.save({"key": key, "data": _garble(dm._data, case)}, cache)
+    caplog.set_level(logging.WARNING, logger="datamodules.wikitext_alpaca")
+    again = make(tmp_path)
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(cache) in warnings[0] and "rebuilding" in warnings[0]
+    assert again._data.keys() == dm._data.keys()
+    assert all(torch.equal(again._data[k], v) for k, v in dm._data.items())
+    assert len(again.train_dataset()) == len(dm.train_dataset())
+
+
 def test_missing_wiki_dir_names_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(UserError, match=r"nowhere/train.txt: file does not exist; expected a "
+                       r"directory with train.txt, valid.txt, test.txt"):
         make(tmp_path, wiki={**WIKI, "path": str(tmp_path / "nowhere")})
+
+
+def _latin1_wiki(tmp_path: Path) -> Path:
+    wiki = tmp_path / "wiki"
+    shutil.copytree(FIX / "wikitext_tiny", wiki)
+    (wiki / "valid.txt").write_bytes(b" = Title = \n caf\xe9 au lait\n")
+    return wiki / "valid.txt"
+
+
+def _latin1_alpaca(tmp_path: Path) -> Path:
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'[\n{"instruction": "a", "input": "", "output": "caf\xe9"}\n]')
+    return path
+
+
+@pytest.mark.parametrize(("make_file", "line", "offset"), [
+    (_latin1_wiki, 2, len(" = Title = \n caf")),
+    (_latin1_alpaca, 2, len('[\n{"instruction": "a", "input": "", "output": "caf')),
+], ids=["wiki", "alpaca"])
+def test_latin1_file_names_file_line_and_offset(tmp_path: Path, make_file, line: int,
+                                               offset: int) -> None:
+    path = make_file(tmp_path)
+    kw = ({"wiki": {**WIKI, "path": str(path.parent)}} if path.suffix == ".txt"
+          else {"alpaca": {**ALPACA, "paths": [str(path)]}})
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:{line}: not UTF-8 text \(byte "
+                       rf"0xe9 at byte offset {offset}\); expected UTF-8"):
+        make(tmp_path, **kw)
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.json", "[]"), ("empty.jsonl", "\n \n")])
+def test_alpaca_file_without_records_is_refused(tmp_path: Path, name: str, content: str) -> None:
+    """No silent WikiText-only run: an empty instruction file would change what val/loss means."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: file holds no records"):
+        make(tmp_path, alpaca={**ALPACA, "paths": [str(path)]})
+
+
+def test_alpaca_too_small_for_a_training_split_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "two.json"
+    records = [{"instruction": f"q{i}", "input": "", "output": "a"} for i in range(2)]
+    path.write_text(json.dumps(records + records))  # duplicates do not count
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: 2 distinct record\(s\) .* leave "
+                       r"none for training after 1 test and 1 validation"):
+        make(tmp_path, alpaca={**ALPACA, "paths": [str(path)]})
+
+
+def test_empty_wiki_split_is_refused(tmp_path: Path) -> None:
+    wiki = tmp_path / "wiki"
+    shutil.copytree(FIX / "wikitext_tiny", wiki)
+    (wiki / "test.txt").write_bytes(b"")
+    with pytest.raises(UserError, match=rf"{re.escape(str(wiki / 'test.txt'))}: file is empty"):
+        make(tmp_path, wiki={**WIKI, "path": str(wiki)})
+
+
+def test_unterminated_last_wiki_line_is_kept(tmp_path: Path) -> None:
+    wiki = tmp_path / "wiki"
+    shutil.copytree(FIX / "wikitext_tiny", wiki)
+    (wiki / "valid.txt").write_bytes(b" first line \r\n last line without newline")
+    dm = make(tmp_path, wiki={**WIKI, "path": str(wiki)}, alpaca=None)
+    assert dm._raw()["wiki_val"] == [" first line ", " last line without newline"]
+
+
+def test_bpe_without_vocab_size_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"data.tokenizer.vocab_size is missing"):
+        make(tmp_path, tokenizer={"kind": "bpe"})
+
+
+def test_byte_tokenizer_with_bpe_keys_names_the_key(tmp_path: Path) -> None:
+    """`data.tokenizer.kind=byte` over the BPE default keeps vocab_size: refused at once."""
+    with pytest.raises(UserError, match=r"data.tokenizer.vocab_size is not valid for "
+                       r"data.tokenizer.kind=byte"):
+        WikiTextAlpacaDataModule(wiki=WIKI, alpaca=ALPACA, tokenizer={"kind": "byte", "vocab_size": 8192})
 
 
 @pytest.mark.parametrize(("record", "match"), [
@@ -109,7 +223,7 @@ def test_unreachable_hub_fails_fast_with_hint(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     start = time.perf_counter()
-    with pytest.raises(ConnectionError, match="local files"):
+    with pytest.raises(UserError, match="local files"):
         load_hub("Salesforce/wikitext", "wikitext-103-raw-v1", "validation")
     assert time.perf_counter() - start < 10
 

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from datamodules.book_coords import UNKNOWN_ID, BookCoordsDataModule, CharVocab, read_book
+from lhp.errors import UserError
 from tests.conftest import CONF
 
 FIXTURE = CONF.parent / "tests" / "fixtures" / "wikitext_tiny" / "valid.txt"
@@ -49,20 +50,27 @@ def test_several_books_share_a_vocabulary_and_the_sweep_covers_every_character(t
 
 def test_frozen_vocabulary_names_unknown_characters(tmp_path: Path) -> None:
     path = write(tmp_path, "new.txt", "abc\nabQ")
-    with pytest.raises(ValueError, match=r"new.txt:2:3: character 'Q' is not in the frozen vocabulary"):
+    with pytest.raises(UserError, match=r"new.txt:2:3: character 'Q' is not in the frozen vocabulary"):
         BookCoordsDataModule([path], charset=list("abc\n"))
     dm = BookCoordsDataModule([path], charset=list("abc\n"), unknown="unk")
     assert dm.unknown_counts == [1] and int(dm.ids[0][-1]) == UNKNOWN_ID
 
 
-@pytest.mark.parametrize(("content", "match"), [(b"", "empty book"), (b"\xff\xfe\x00binary", "not UTF-8")])
-def test_bad_books_are_named(tmp_path: Path, content: bytes, match: str) -> None:
+@pytest.mark.parametrize(("content", "match"), [
+    (b"", "bad.txt: empty book"),
+    (b"\xef\xbb\xbf", "bad.txt: empty book"),  # only a byte-order mark
+    (b"line one\ncaf\xe9", r"bad.txt:2: not UTF-8 text \(byte 0xe9 at byte offset 12\)"),
+    (b"\xff\xfe\x00binary", r"bad.txt:1: not UTF-8 text \(byte 0xff at byte offset 0\)"),
+])
+def test_bad_books_are_user_errors_naming_the_file(tmp_path: Path, content: bytes, match: str) -> None:
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=match) as err:
+    with pytest.raises(UserError, match=match):
         BookCoordsDataModule([str(path)])
-    assert "bad.txt" in str(err.value)
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+
+
+def test_missing_book_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"missing.txt: file does not exist; expected a UTF-8 text file"):
         BookCoordsDataModule([str(tmp_path / "missing.txt")])
 
 
@@ -75,11 +83,11 @@ def test_text_is_kept_exactly(tmp_path: Path) -> None:
 
 def test_bad_arguments_are_named(tmp_path: Path) -> None:
     path = write(tmp_path, "a.txt", "abc")
-    with pytest.raises(ValueError, match="data.books"):
+    with pytest.raises(UserError, match="data.books"):
         BookCoordsDataModule([])
-    with pytest.raises(ValueError, match="data.max_chars"):
+    with pytest.raises(UserError, match="data.max_chars"):
         BookCoordsDataModule([path], max_chars=[1, 2])
-    with pytest.raises(ValueError, match="data.batch_size"):
+    with pytest.raises(UserError, match="data.batch_size"):
         BookCoordsDataModule([path], batch_size=0)
-    with pytest.raises(ValueError, match="data.titles"):
+    with pytest.raises(UserError, match="data.titles"):
         BookCoordsDataModule([path], titles=["a", "b"])

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from datamodules import jsonl
+from datamodules import files, jsonl
 from datamodules.jsonl import (
     DataFormatError,
     format_record,
     read_jsonl_records,
     write_mock_corpus,
 )
+from lhp.errors import UserError
 
 
 def _write(tmp_path: Path, content: str | bytes, name: str = "data.jsonl") -> Path:
@@ -65,13 +66,44 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, case: str) -> None:
     with pytest.raises(DataFormatError, match=rf"{re.escape(str(path))}:{line}: .*{pattern}") as e:
         read_jsonl_records(path)
     assert "expected" in str(e.value)
-    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, UserError)
 
 
-def test_non_utf8_names_line(tmp_path: Path) -> None:
+def test_non_utf8_names_line_and_byte_offset(tmp_path: Path) -> None:
+    """Latin-1 bytes: file, line, the byte and its offset in the file, and that it must be UTF-8."""
     path = _write(tmp_path, GOOD.encode() * 3 + b'{"text": "caf\xe9"}\n' + GOOD.encode())
-    with pytest.raises(DataFormatError, match=rf"{re.escape(str(path))}:4: .*UTF-8"):
+    offset = 3 * len(GOOD) + len('{"text": "caf')
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:4: not UTF-8 text \(byte 0xe9 "
+                       rf"at byte offset {offset}\); expected UTF-8"):
         read_jsonl_records(path)
+
+
+@pytest.mark.parametrize(("line", "pattern"), [
+    ("[" * 100_000, "nested too deeply"),
+    ('{"text": ' + "1" * 5000 + "}", "a number too long to read"),
+], ids=["deep-nesting", "huge-integer"])
+def test_pathological_json_names_file_and_line(tmp_path: Path, line: str, pattern: str) -> None:
+    path = _write(tmp_path, GOOD + line + "\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:2: unreadable JSON \(.*{pattern}"):
+        read_jsonl_records(path)
+
+
+def test_unpaired_surrogate_escape_is_refused(tmp_path: Path) -> None:
+    """JSON's \\ud800 is no character: such a record could not be tokenized later."""
+    path = _write(tmp_path, GOOD + '{"instruction": "a", "output": "x\\ud800y"}\n')
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:2: key 'output' holds an "
+                       r"unpaired surrogate '\\ud800' at character 1"):
+        read_jsonl_records(path)
+
+
+def test_overlong_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines are read with a cap (files.MAX_RECORD_BYTES, 64 MiB): never a whole huge line."""
+    monkeypatch.setattr(files, "MAX_RECORD_BYTES", 64)
+    exact = json.dumps({"text": "x" * 51}) + "\n"  # 64 bytes with its newline
+    path = _write(tmp_path, exact + json.dumps({"text": "y" * 60}) + "\n")
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:2: line is longer than 64 bytes"):
+        read_jsonl_records(path)
+    assert read_jsonl_records(_write(tmp_path, exact, "ok.jsonl")) == [{"text": "x" * 51}]
 
 
 def test_missing_file_suggests_mock_data(tmp_path: Path) -> None:
@@ -84,7 +116,7 @@ def test_missing_file_suggests_mock_data(tmp_path: Path) -> None:
 def test_directory_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "adir.jsonl"
     path.mkdir()
-    with pytest.raises(DataFormatError, match=r"adir\.jsonl.*directory"):
+    with pytest.raises(DataFormatError, match=r"adir\.jsonl: is a directory"):
         read_jsonl_records(path)
 
 

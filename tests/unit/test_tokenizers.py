@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from datamodules.tokenizers import (
     load_pretrained,
     train_bpe,
 )
+from lhp.errors import UserError
 
 TEXTS = ["hello, world!", "naïve café — 東京", "emoji 🙂 and\ttabs\nnewlines", ""]
 
@@ -92,13 +94,26 @@ def test_build_from_dictconfig() -> None:
 
 
 def test_build_unknown_kind_names_kind_and_known_kinds() -> None:
-    with pytest.raises(ValueError, match=r"'wordpiece'.*byte"):
+    with pytest.raises(UserError, match=r"data.tokenizer.kind='wordpiece' is not a tokenizer kind; "
+                       r"valid kinds: bpe, byte, pretrained"):
         build_tokenizer({"kind": "wordpiece"})
 
 
 def test_build_without_kind() -> None:
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(UserError, match=r"data.tokenizer.kind is missing"):
         build_tokenizer({})
+
+
+@pytest.mark.parametrize(("spec", "key", "valid"), [
+    ({"kind": "byte", "vocab_size": 8192}, "vocab_size", "none"),
+    ({"kind": "bpe", "vocab_size": 400, "path": "x"}, "path", "json, vocab_size, eos_token"),
+    ({"kind": "pretrained", "path": "x", "merges": 3}, "merges", "json, path, eos_token"),
+], ids=["byte+vocab_size", "bpe+path", "pretrained+merges"])
+def test_build_rejects_keys_of_another_kind(spec: dict, key: str, valid: str) -> None:
+    """`data.tokenizer.kind=byte` over a BPE config: name the stray key, not a TypeError."""
+    with pytest.raises(UserError, match=rf"data.tokenizer.{key} is not valid for "
+                       rf"data.tokenizer.kind={spec['kind']} \(valid keys besides kind: {valid}"):
+        build_tokenizer(spec)
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -238,8 +253,23 @@ def test_build_spec_vocab_size_mismatch(bpe: HFTokenizer) -> None:
 
 
 def test_build_corrupt_json_spec() -> None:
-    with pytest.raises(ValueError, match="not a valid Hugging Face tokenizer JSON"):
+    with pytest.raises(UserError, match=r"bpe tokenizer JSON:1: invalid JSON \(.* at column 2\)"):
         build_tokenizer({"kind": "bpe", "json": "{not json"})
+
+
+@pytest.mark.parametrize(("content", "pattern"), [
+    (b'{"version": "1.0", "model": {"type": "BPE", "vocab"', r":1: invalid JSON \(.*column"),
+    (b"[1, 2]", r": not a valid Hugging Face tokenizer JSON \(not a JSON object\)"),
+    (b'{"version": "1.0"}', r": not a valid Hugging Face tokenizer JSON \(wrong schema"),
+    (b'{"added_tokens": "caf\xe9"}', r":1: not UTF-8 text \(byte 0xe9 at byte offset 21\)"),
+], ids=["truncated", "not-an-object", "wrong-schema", "latin-1"])
+def test_bad_tokenizer_file_names_the_file(tmp_path: Path, content: bytes, pattern: str) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(content)
+    for load in (lambda: load_pretrained(tmp_path),
+                 lambda: build_tokenizer({"kind": "pretrained", "path": str(path)})):
+        with pytest.raises(UserError, match=re.escape(str(path)) + pattern):
+            load()
 
 
 # --------------------------------------------------------------------------- shared cache file
@@ -436,15 +466,15 @@ def test_pretrained_without_eos_candidate(tmp_path: Path) -> None:
 
 def test_pretrained_missing_path(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    with pytest.raises(FileNotFoundError, match=r"no-such-model.*tokenizer\.json"):
+    with pytest.raises(UserError, match=r"no-such-model.*data.tokenizer.path.*tokenizer\.json"):
         load_pretrained(missing)
-    with pytest.raises(FileNotFoundError, match="no-such-model"):
+    with pytest.raises(UserError, match="no-such-model"):
         build_tokenizer({"kind": "pretrained", "path": str(missing)})
 
 
 def test_pretrained_dir_without_tokenizer_json(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.model").write_bytes(b"\x00")
-    with pytest.raises(FileNotFoundError, match=rf"{tmp_path.name}.*tokenizer\.model"):
+    with pytest.raises(UserError, match=rf"{tmp_path.name}.*tokenizer\.model"):
         load_pretrained(tmp_path)
 
 
