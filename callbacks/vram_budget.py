@@ -8,10 +8,11 @@ The estimate (``estimate_memory``) has exact parts and one modelled part:
   amsgrad) and a 4-byte ``step`` per tensor; SGD: one momentum buffer if momentum > 0);
 * under ``*-mixed`` precision, the half-precision copies autocast keeps of every matrix
   parameter during a step (2 bytes x numel of the >= 2-D parameters);
-* modelled, from the architecture's config: activations saved for backward per micro-batch x
-  sequence (``activation_bytes``, each term documented there, after Korthikanti et al. 2023,
-  "Reducing Activation Recomputation in Large Transformer Models"), with or without activation
-  checkpointing, plus the cross-entropy backward's float32 transients. No fitted offsets.
+* modelled, by the architecture's config itself: activations saved for backward per
+  micro-batch x sequence (``config.activation_bytes``, each term documented on the config
+  classes in ``lit_models/archs/``, after Korthikanti et al. 2023, "Reducing Activation
+  Recomputation in Large Transformer Models"), with or without activation checkpointing, plus
+  the cross-entropy backward's float32 transients. No fitted offsets.
 
 The sum is an upper bound of ``torch.cuda.max_memory_allocated``: gradients grow while
 activations are freed in backward, so they never fully coexist. The CUDA context (~0.3-0.5 GB)
@@ -117,50 +118,16 @@ def optimizer_state_bytes(module: nn.Module, optimizer: str | torch.optim.Optimi
 
 def activation_bytes(config: Any, micro_batch: int, seq_len: int, elem: int,
                      checkpointing: bool = False) -> tuple[int, int]:
-    """(saved activations, cross-entropy backward transient) in bytes for a GPT-style config.
-
-    Reads ``n_layer, n_embd, n_head, vocab_size, mlp_hidden, dropout, qk_norm`` and, for QTG,
-    ``attention, use_qembed, topo_filter, topo_k``. ``e = elem`` is the activation element size
-    (2 under mixed precision); the residual stream and LayerNorm inputs stay float32 (4) under
-    autocast. Per token (x = b*s*h elements, e.g. ``4x`` = four bytes per element of a (b, s, h)
-    tensor) what autograd saves:
-
-    * each block: LN1 input 4x, QKV input ex, attention, output projection input ex, LN2 input
-      4x, MLP input ex, GELU input and output 2*e*f/h x (f = MLP width), dropout masks 1x each
-      (attention output, MLP output) when dropout > 0, QK-norm inputs 2ex;
-    * dot attention (SDPA, flash/memory-efficient kernels): q, k, v and output 4ex plus a
-      float32 log-sum-exp per head and query;
-    * Fisher-Rao attention: query and key log-probabilities, probabilities and their square
-      roots in float32 (3 x 4 x 2 = 24x), v and the output in float32 (8x), and the angle and
-      probability matrices, float32 (b, heads, s, s) each: 8 * b * heads * s^2 bytes;
-    * embeddings: the embedding output 4x, dropout mask 1x; QEmbed 8x; the MST filter its unit
-      vectors and neighbourhoods, (k + 1) points + k neighbours per token: 4x(2k + 2);
-    * head: final LN input 4x, head input ex, float32 log-softmax output 4*b*s*V.
-
-    With ``checkpointing`` each block keeps only its input (4x) and one block is live again
-    during its recomputation. Transient: the float32 log-prob and logit gradients, 8*b*s*V.
-    """
-    c = config
-    b, s, h, heads = micro_batch, seq_len, c.n_embd, c.n_head
-    x = b * s * h
-    f_over_h = getattr(c, "mlp_hidden", 4 * h) / h
-    drop = 1 if getattr(c, "dropout", 0.0) > 0 else 0
-    attention = getattr(c, "attention", "dot")
-    block = (4 + elem + elem + 4 + elem + 2 * elem * f_over_h + 2 * drop) * x
-    if getattr(c, "qk_norm", False) and attention == "dot":
-        block += 2 * elem * x
-    if attention == "geo":
-        block += (24 + 8) * x + 8 * b * heads * s * s
-    else:
-        block += 4 * elem * x + 4 * b * heads * s
-    embed = (4 + drop) * x
-    if getattr(c, "use_qembed", False):
-        embed += 8 * x
-    if getattr(c, "topo_filter", "none") != "none":
-        embed += 4 * x * (2 * getattr(c, "topo_k", 0) + 2)
-    head = (4 + elem) * x + 4 * b * s * c.vocab_size
-    layers = (4 * x * c.n_layer + block) if checkpointing else block * c.n_layer
-    return int(embed + layers + head), 8 * b * s * c.vocab_size
+    """(saved activations, cross-entropy backward transient) in bytes: what the architecture's
+    config says (``config.activation_bytes``, each term documented there: the GPT's in
+    ``lit_models/archs/gpt.py``, QTG's extra terms in ``qtg.py``). ``elem`` is the activation
+    element size (2 under mixed precision)."""
+    method = getattr(config, "activation_bytes", None)
+    if not callable(method):
+        raise ValueError(f"VRAMBudget: {type(config).__name__} has no activation_bytes(b, s, elem, "
+                         "checkpointing) method, so its activation memory cannot be estimated "
+                         "(token architectures inherit one from GPTConfig)")
+    return method(micro_batch, seq_len, elem, checkpointing)
 
 
 def estimate_memory(net: nn.Module, micro_batch: int, seq_len: int, precision: str = "32-true",

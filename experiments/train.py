@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.last_checkpoint import last_checkpoint_path
 from callbacks.run_metadata import RunMetadata
 from experiments import CONFIG_DIR
 from experiments.utils import (
@@ -124,7 +125,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
-    final = (ckpt_cb.last_model_path or best) if ckpt_cb else ""  # read before test() reloads
+    final = last_checkpoint_path(trainer) or best  # read before test() reloads
     if cfg.get("test"):
         log.info(f"Starting testing ({'best checkpoint ' + best if best else 'current weights'})")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
