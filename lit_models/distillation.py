@@ -6,9 +6,10 @@ term over the positions the datamodule labels (``labels != -100``: padding and, 
 
 - KD (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))`` per token, mean over
   labelled tokens; ``T^2`` keeps its gradient scale independent of the temperature ``T``.
-- L_phase, L_mag: only for students that expose ``net.quantum_state = (magnitude, phase)``
-  after their forward (the complex projector of ``lit_models.archs.indra``); see
-  ``phase_mag_losses``.
+- L_phase, L_mag: the student architecture's teacher-aligned terms, returned by its forward
+  as aux losses when it gets the teacher's ``TeacherSignal`` (only the complex projector of
+  ``lit_models.archs.indra`` has them; see ``phase_mag_losses`` there). The student's
+  ``diagnostics`` (Indra: ``mag_salience``, ``phase_dispersion``) are logged as ``train/<name>``.
 
 ``kd_weight`` and ``pm_weight`` are plain attributes (from ``kd.weight`` and 1.0) so that
 ``callbacks.kd_curriculum.KDCurriculum`` can schedule them; ``teacher=None`` turns every teacher
@@ -37,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.archs.indra import magnitude_salience, phase_dispersion
+from lit_models.archs import TeacherSignal
+from lit_models.archs.indra import masked_mean, teacher_targets
 from lit_models.language_model import IGNORE_INDEX, LanguageModel, _plain
 
 KD_DEFAULTS: dict[str, float] = {"temperature": 2.0, "weight": 0.05, "phase_weight": 1.0,
@@ -46,14 +48,10 @@ TEACHER_DEFAULTS: dict[str, Any] = {"kind": "platform", "path": None, "dtype": "
                                     "verify_tokenizer": True}
 TEACHER_KINDS = ("platform", "hf")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TEACHER_TERMS = ("phase", "mag")  # aux terms of the student weighted by model.kd, not loss_weights
 
 
 # --------------------------------------------------------------------------- losses
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
             mask: torch.Tensor) -> torch.Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))`` summed over the vocabulary, averaged over the
@@ -61,38 +59,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)
-    return temperature**2 * _masked_mean(kl, mask)
-
-
-def teacher_targets(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token confidence ``max_v p(v)`` and normalised entropy ``H(p) / log V``, both in
-    [0, 1], of the teacher's distribution ``p = softmax(t)`` (temperature 1: its own belief)."""
-    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
-    p = log_p.exp()
-    entropy = -(p * log_p).sum(-1) / math.log(teacher_logits.size(-1))
-    return p.max(-1).values, entropy
-
-
-def phase_mag_losses(magnitude: torch.Tensor, phase: torch.Tensor, teacher_logits: torch.Tensor,
-                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Align the student's quantum state with the teacher's certainty, per labelled token:
-
-    - ``L_mag = mean (tanh(mean_j M_j) - max_v p_teacher(v))^2``: a salient (large-magnitude)
-      state where the teacher is confident.
-    - ``L_phase = mean (D(P) - H(p_teacher) / log V)^2`` with ``D(P) = 1 - |mean_j e^{i P_j}|``
-      the circular variance of the token's phases: dispersed phases where the teacher is
-      uncertain, aligned phases where it is sure.
-
-    Both compare quantities in [0, 1], so each term is at most 1. Also returns the mean
-    targets ``teacher_confidence`` and ``teacher_entropy`` (for monitoring).
-    """
-    confidence, entropy = teacher_targets(teacher_logits)
-    salience, dispersion = magnitude_salience(magnitude.float()), phase_dispersion(phase.float())
-    l_mag = _masked_mean((salience - confidence) ** 2, mask)
-    l_phase = _masked_mean((dispersion - entropy) ** 2, mask)
-    targets = {"teacher_confidence": _masked_mean(confidence, mask),
-               "teacher_entropy": _masked_mean(entropy, mask)}
-    return l_phase, l_mag, targets
+    return temperature**2 * masked_mean(kl, mask)
 
 
 # --------------------------------------------------------------------------- teachers
@@ -156,7 +123,12 @@ def load_teacher(spec: Mapping[str, Any], vocab_size: int, tokenizer: Any | None
         if not path.is_dir():
             raise FileNotFoundError(f"{key}: Hugging Face teacher directory {path} does not exist "
                                     "(a local save_pretrained directory; nothing is downloaded)")
-        from transformers import AutoModelForCausalLM
+        try:
+            from transformers import AutoModelForCausalLM
+        except ModuleNotFoundError as err:
+            from lhp.errors import UserError
+            raise UserError(f"{key}: a Hugging Face teacher needs transformers, the optional 'hf' "
+                            "extra: pip install -e '.[hf]'") from err
 
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         out_size = model.get_output_embeddings().weight.size(0)
@@ -248,24 +220,31 @@ class DistillationModel(LanguageModel):
         if self.teacher is not None:
             self.teacher.to(self.device)
 
-    def extra_loss_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor
-                         ) -> dict[str, tuple[float, torch.Tensor]]:
-        mask = batch["labels"] != IGNORE_INDEX
-        state = getattr(self.net, "quantum_state", None)
-        if state is not None:  # monitored in every run, with or without a teacher
-            magnitude, phase = (t.detach().float() for t in state)
-            self.log_dict({"train/mag_salience": _masked_mean(magnitude_salience(magnitude), mask),
-                           "train/phase_dispersion": _masked_mean(phase_dispersion(phase), mask)},
-                          on_step=True)
+    def teacher_signal(self, batch: Mapping[str, torch.Tensor]) -> TeacherSignal | None:
         if self.teacher is None:
-            return {}
+            return None
         with torch.no_grad():
             teacher_logits = self.teacher(batch["input_ids"]).float()
+        return TeacherSignal(teacher_logits, batch["labels"] != IGNORE_INDEX)
+
+    def weighted_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor,
+                       aux: Mapping[str, torch.Tensor], teacher: TeacherSignal | None
+                       ) -> dict[str, tuple[float, torch.Tensor]]:
+        mask = batch["labels"] != IGNORE_INDEX
+        diagnostics = self.net.diagnostics(batch["input_ids"], mask)
+        if diagnostics:  # monitored in every run, with or without a teacher
+            self.log_dict({f"train/{k}": v for k, v in diagnostics.items()}, on_step=True)
+        own = {k: v for k, v in aux.items() if k not in TEACHER_TERMS}
+        terms = super().weighted_terms(batch, logits, own, teacher)
+        if teacher is None:
+            return terms
         kd = self.hparams.kd
-        terms = {"kd": (self.kd_weight, kd_loss(logits, teacher_logits, kd["temperature"], mask))}
-        if state is not None:
-            l_phase, l_mag, targets = phase_mag_losses(*state, teacher_logits, mask)
-            terms["phase"] = (self.pm_weight * kd["phase_weight"], l_phase)
-            terms["mag"] = (self.pm_weight * kd["mag_weight"], l_mag)
-            self.log_dict({f"train/{k}": v for k, v in targets.items()}, on_step=True)
+        terms["kd"] = (self.kd_weight, kd_loss(logits, teacher.logits, kd["temperature"], mask))
+        for name in TEACHER_TERMS:
+            if name in aux:
+                terms[name] = (self.pm_weight * kd[f"{name}_weight"], aux[name])
+        if any(name in aux for name in TEACHER_TERMS):
+            confidence, entropy = teacher_targets(teacher.logits)
+            self.log_dict({"train/teacher_confidence": masked_mean(confidence, mask),
+                           "train/teacher_entropy": masked_mean(entropy, mask)}, on_step=True)
         return terms

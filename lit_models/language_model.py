@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import SumMetric
 from torchmetrics.text import Perplexity
 
-from lit_models.archs import build_arch
+from lit_models.archs import TeacherSignal, build_arch
 from lit_models.recipe import TrainingRecipe
 
 IGNORE_INDEX = -100
@@ -90,7 +90,10 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
                 key = f"{stage_name}_{name}"
                 setattr(self, f"_ppl_{key}", Perplexity(ignore_index=IGNORE_INDEX))
                 for metric in ("nll", "tok", "chr"):
-                    setattr(self, f"_{metric}_{key}", SumMetric().set_dtype(torch.float64))
+                    # "disable": a NaN/inf propagates to the logged metric (the default drops it,
+                    # so a diverged model reported val/loss 0.0); DivergenceGuard then stops the run
+                    setattr(self, f"_{metric}_{key}",
+                            SumMetric(nan_strategy="disable").set_dtype(torch.float64))
         if stage == "fit" and dm is not None and hasattr(dm, "batch_size") and hasattr(dm, "block_size"):
             self.flops_per_batch = self._measure_flops(dm.batch_size, dm.block_size)
 
@@ -107,8 +110,9 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.net(input_ids)
 
-    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        logits, aux = self.net(batch["input_ids"])
+    def _loss(self, batch: Mapping[str, torch.Tensor], teacher: TeacherSignal | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        logits, aux = self.net(batch["input_ids"], teacher=teacher)
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
         )
@@ -124,11 +128,18 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
                 + (f"add a weight for {missing}" if missing else f"remove {unused}")
             )
 
-    def extra_loss_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor
-                         ) -> dict[str, tuple[float, torch.Tensor]]:
-        """Recipe-specific ``{name: (weight, term)}`` added to the loss (none here; the
-        distillation recipe adds its teacher terms)."""
-        return {}
+    def teacher_signal(self, batch: Mapping[str, torch.Tensor]) -> TeacherSignal | None:
+        """A teacher's view of ``batch``, passed to the architecture in training (none here;
+        the distillation recipe's teacher)."""
+        return None
+
+    def weighted_terms(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor,
+                       aux: Mapping[str, torch.Tensor], teacher: TeacherSignal | None
+                       ) -> dict[str, tuple[float, torch.Tensor]]:
+        """``{name: (weight, term)}`` added to the CE: the architecture's terms with
+        ``model.loss_weights`` (the distillation recipe weights its teacher terms itself)."""
+        self._check_terms(aux)
+        return {k: (self.hparams.loss_weights[k], term) for k, term in aux.items()}
 
     def _check_finite(self, terms: Mapping[str, tuple[float, torch.Tensor]]) -> None:
         """Stop on a NaN/inf regularizer term before it reaches the weights (one device sync).
@@ -146,10 +157,9 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
         )
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits, ce, aux = self._loss(batch)
-        self._check_terms(aux)
-        weighted = {k: (self.hparams.loss_weights[k], term) for k, term in aux.items()}
-        weighted.update(self.extra_loss_terms(batch, logits))
+        teacher = self.teacher_signal(batch)
+        logits, ce, aux = self._loss(batch, teacher)
+        weighted = self.weighted_terms(batch, logits, aux, teacher)
         self._check_finite(weighted)
         total = ce
         for key, (weight, term) in weighted.items():

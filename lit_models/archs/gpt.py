@@ -1,8 +1,14 @@
 """GPT baseline: pre-LN causal transformer (nanoGPT/litgpt style), one readable file.
 
-Switches: learned or rotary positions, QK-norm attention, tied input/output embeddings, and
-dense or hypercomplex (PHM, ``linear="phm"``, ``phm_n``) projections in attention and MLP.
+Switches: learned or rotary positions, QK-norm attention, tied input/output embeddings,
+dense or hypercomplex (PHM, ``linear="phm"``, ``phm_n``) projections in attention and MLP, and
+``activation_checkpointing`` (each block recomputed in backward: same numbers, less memory).
 Attention runs on PyTorch SDPA; a KV cache serves generation.
+
+It is also the backbone the other token architectures build on (QTG, Indra): they override
+the hooks ``make_input`` / ``make_attention`` / ``make_head`` (what is built), ``embed`` /
+``head`` (the input and output stages of ``forward``) and, on the config,
+``embedding_activation_bytes`` / ``block_activation_bytes`` (their memory for the VRAM budget).
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from lit_models.archs.registry import register
+from lit_models.archs.registry import TeacherSignal, register
 from lit_models.components import (
     MLP,
     Block,
@@ -43,6 +50,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     linear: str = "dense"  # "dense" | "phm" (sum of phm_n Kronecker products, 1/phm_n params)
     phm_n: int = 4
+    activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
 
     def __post_init__(self) -> None:
         name = type(self).__name__  # subclasses (QTGConfig) reuse these checks
@@ -81,14 +89,60 @@ class GPTConfig:
     def mlp_hidden(self) -> int:
         return int(self.mlp_ratio * self.n_embd)
 
+    # ------------------------------------------------------------ activation memory
+    # Bytes autograd saves for backward, for callbacks/vram_budget.py (after Korthikanti et al.
+    # 2023). ``b`` micro-batch, ``s`` sequence length, ``elem`` activation element size (2 under
+    # mixed precision: the residual stream and LayerNorm inputs stay float32, 4, under autocast);
+    # ``x = b*s*n_embd`` elements, so ``4x`` is four bytes per element of a (b, s, h) tensor.
+
+    def embedding_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """Embedding output 4x, its dropout mask 1x when dropout > 0."""
+        drop = 1 if self.dropout > 0 else 0
+        return (4 + drop) * (b * s * self.n_embd)
+
+    def block_base_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """A block outside its attention kernel: LN1 input 4x, QKV input ex, output projection
+        input ex, LN2 input 4x, MLP input ex, GELU input and output 2*e*f/h x (f = MLP width),
+        dropout masks 1x each (attention and MLP outputs) when dropout > 0."""
+        drop = 1 if self.dropout > 0 else 0
+        return (4 + elem + elem + 4 + elem + 2 * elem * (self.mlp_hidden / self.n_embd)
+                + 2 * drop) * (b * s * self.n_embd)
+
+    def block_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """One block: the base, QK-norm inputs 2ex, and SDPA (flash / memory-efficient kernels):
+        q, k, v and output 4ex plus a float32 log-sum-exp per head and query."""
+        x = b * s * self.n_embd
+        block = self.block_base_activation_bytes(b, s, elem)
+        if self.qk_norm:
+            block += 2 * elem * x
+        return block + (4 * elem * x + 4 * b * self.n_head * s)
+
+    def activation_bytes(self, b: int, s: int, elem: int, checkpointing: bool | None = None
+                         ) -> tuple[int, int]:
+        """(saved activations, cross-entropy backward transient) in bytes for one micro-batch.
+
+        Embeddings and every block as above, plus the head: final LN input 4x, head input ex,
+        float32 log-softmax output 4*b*s*V. With ``checkpointing`` (default: the config's
+        ``activation_checkpointing``) each block keeps only its input (4x) and one block is
+        live again during its recomputation. Transient: float32 log-prob and logit gradients,
+        8*b*s*V.
+        """
+        if checkpointing is None:
+            checkpointing = self.activation_checkpointing
+        x = b * s * self.n_embd
+        block = self.block_activation_bytes(b, s, elem)
+        head = (4 + elem) * x + 4 * b * s * self.vocab_size
+        layers = (4 * x * self.n_layer + block) if checkpointing else block * self.n_layer
+        embed = self.embedding_activation_bytes(b, s, elem)
+        return int(embed + layers + head), 8 * b * s * self.vocab_size
+
 
 @register("gpt", GPTConfig)
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
-        self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.pos_embedding == "learned" else None
+        self.make_input()
         rope = (
             RotaryEmbedding(c.head_dim, c.block_size, c.rope_base)
             if c.pos_embedding == "rope" else None
@@ -105,22 +159,33 @@ class GPT(nn.Module):
             for _ in range(c.n_layer)
         )
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        if c.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        self.make_head()
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer).
-        for name, p in self.named_parameters():
+        for name, p in self.blocks.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
-        for name, m in self.named_modules():  # the same two scales for hypercomplex layers
+        for name, m in self.blocks.named_modules():  # the same two scales for hypercomplex layers
             if isinstance(m, PHMLinear):
                 m.reset_parameters(0.02 / math.sqrt(2 * c.n_layer) if name.endswith("proj") else 0.02)
+
+    # ---------------------------------------------------------- what is built (hooks)
+    def make_input(self) -> None:
+        """Token (and learned position) embeddings; a hook for subclasses (Indra's projector)."""
+        c = self.config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.pos_embedding == "learned" else None
 
     def make_attention(self, rope: RotaryEmbedding | None, linear) -> nn.Module:
         """Each block's attention; a hook for subclasses (QTG swaps in Fisher-Rao attention)."""
         c = self.config
         return CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope, linear)
+
+    def make_head(self) -> None:
+        """The output projection, tied to the token embedding by default; a hook (Indra)."""
+        self.lm_head = nn.Linear(self.config.n_embd, self.config.vocab_size, bias=False)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -138,28 +203,49 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
+    # ------------------------------------------------------------------ forward
     def forward(
-        self, idx: torch.Tensor, start_pos: int | None = None
+        self, idx: torch.Tensor, start_pos: int | None = None, teacher: TeacherSignal | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits (B, T, vocab) and the (empty) dict of regularizer terms.
+        """Logits (B, T, vocab) and the dict of regularizer terms (empty for the GPT).
 
         ``start_pos`` switches to cached decoding: ``idx`` holds tokens at absolute positions
-        ``start_pos..start_pos+T-1`` and keys/values are appended to the KV cache.
+        ``start_pos..start_pos+T-1`` and keys/values are appended to the KV cache. ``teacher``
+        reaches ``embed`` for architectures with teacher-aligned terms (ignored here).
         """
-        t = idx.size(1)
         pos0 = start_pos or 0
-        if pos0 + t > self.config.block_size:
+        if pos0 + idx.size(1) > self.config.block_size:
             raise ValueError(
-                f"sequence of {pos0 + t} tokens exceeds block_size={self.config.block_size}"
+                f"sequence of {pos0 + idx.size(1)} tokens exceeds block_size={self.config.block_size}"
             )
+        x, aux = self.embed(idx, start_pos, teacher)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if recompute:  # keep only the block's input; recompute the rest in backward
+                x = checkpoint(block, x, start_pos, use_reentrant=False)
+            else:
+                x = block(x, start_pos=start_pos)
+        return self.head(self.ln_f(x)), aux
+
+    def embed(self, idx: torch.Tensor, start_pos: int | None = None,
+              teacher: TeacherSignal | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Input stage: tokens -> the first block's input, and the loss terms it defines."""
+        pos0 = start_pos or 0
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(pos0, pos0 + t, device=idx.device))
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, start_pos=start_pos)
-        return self.lm_head(self.ln_f(x)), {}
+            x = x + self.wpe(torch.arange(pos0, pos0 + idx.size(1), device=idx.device))
+        return self.drop(x), {}
 
+    def head(self, u: torch.Tensor) -> torch.Tensor:
+        """Output stage: the final LayerNorm's output -> logits."""
+        return self.lm_head(u)
+
+    def diagnostics(self, idx: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scalars a recipe may log as ``train/<name>`` (no gradient), over positions ``mask``;
+        none for the GPT (Indra: its magnitude salience and phase dispersion)."""
+        return {}
+
+    # --------------------------------------------------------------- generation
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
                        device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         max_len = max_len or self.config.block_size

@@ -20,32 +20,29 @@ Baseline switch: ``projector="real"`` replaces the projector by one ``Linear(d_m
 on the same normalised embedding: exactly the projector's parameter count (two
 ``Linear(d_model, n_complex)`` with bias), same backbone and head, no phase/magnitude.
 
-After each forward the complex projector leaves ``quantum_state = (magnitude, phase)``, each
-``(B, T, n_complex)`` and still in the graph, for the distillation recipe's phase/magnitude
-alignment terms (``None`` for the real projector). ``forward`` itself returns no regularizer
-terms, so the plain ``LanguageModel`` recipe trains it with CE alone.
+Loss terms (the architecture's aux losses): given a distillation teacher (``forward(...,
+teacher=TeacherSignal(logits, mask))``, passed by ``lit_models.distillation``), the complex
+projector returns the phase/magnitude alignment terms ``{"phase", "mag"}`` of
+``phase_mag_losses``; without one (the plain ``LanguageModel`` recipe, evaluation, generation)
+and with the real projector it returns none, so it trains with CE alone. ``diagnostics`` gives
+the magnitude salience and phase dispersion to monitor in every run.
+
+Built on the GPT (``lit_models.archs.gpt``): same blocks, weight init, KV cache, activation
+checkpointing and activation-memory model; it overrides the input (embedding + projector) and
+the head.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lit_models.archs.gpt import GPT, GPTConfig
-from lit_models.archs.registry import register
-from lit_models.components import (
-    MLP,
-    Block,
-    CausalSelfAttention,
-    PHMLinear,
-    RotaryEmbedding,
-    make_linear,
-)
+from lit_models.archs.registry import TeacherSignal, register
 
 PROJECTORS = ("complex", "real")
 
@@ -111,66 +108,66 @@ class RealProjector(nn.Module):
 
 @register("indra", IndraConfig)
 class Indra(GPT):
-    """Shares GPT's weight init, KV cache and parameter counting; builds its own embedding,
-    projector and head around the same ``Block`` s."""
+    """The GPT with its own input (embedding of width ``d_model`` -> LayerNorm -> projector) and
+    head (complex inner product with each token's projected state, or an untied matrix)."""
 
     def __init__(self, config: IndraConfig) -> None:
-        nn.Module.__init__(self)  # GPT.__init__ would build a GPT-shaped embedding and head
-        self.config = c = config
+        super().__init__(config)
+        # Unit-scale projector outputs: phases spread over ~1 rad, magnitudes around softplus(0).
+        for lin in self.projector.children():
+            nn.init.normal_(lin.weight, mean=0.0, std=1.0 / math.sqrt(config.d_model))
+
+    def make_input(self) -> None:
+        c = self.config
         self.wte = nn.Embedding(c.vocab_size, c.d_model)
         self.wpe = nn.Embedding(c.block_size, c.d_model) if c.pos_embedding == "learned" else None
         self.ln_in = nn.LayerNorm(c.d_model, bias=c.bias)
         projector_cls = QuantumProjector if c.projector == "complex" else RealProjector
         self.projector = projector_cls(c.d_model, c.n_complex)
-        rope = (RotaryEmbedding(c.head_dim, c.block_size, c.rope_base)
-                if c.pos_embedding == "rope" else None)
-        self.drop = nn.Dropout(c.dropout)
-        linear = partial(make_linear, kind=c.linear, phm_n=c.phm_n)
-        self.blocks = nn.ModuleList(
-            Block(c.n_embd,
-                  CausalSelfAttention(c.n_embd, c.n_head, c.dropout, c.bias, c.qk_norm, rope, linear),
-                  MLP(c.n_embd, c.mlp_hidden, c.dropout, c.bias, linear), bias=c.bias)
-            for _ in range(c.n_layer)
-        )
-        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+
+    def make_head(self) -> None:
+        c = self.config
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.quantum_state: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2's residual scaling, as in GPT
-            if name.endswith("proj.weight") and name.startswith("blocks."):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
-        for name, m in self.blocks.named_modules():
-            if isinstance(m, PHMLinear):
-                m.reset_parameters(0.02 / math.sqrt(2 * c.n_layer) if name.endswith("proj") else 0.02)
-        # Unit-scale projector outputs: phases spread over ~1 rad, magnitudes around softplus(0).
-        for lin in self.projector.children():
-            nn.init.normal_(lin.weight, mean=0.0, std=1.0 / math.sqrt(c.d_model))
 
     def project(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
                                                   torch.Tensor | None]:
         """Embeddings -> projector outputs on their LayerNorm: ``[Re Z, Im Z]``, M, P."""
         return self.projector(self.ln_in(emb))
 
-    def forward(self, idx: torch.Tensor, start_pos: int | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits (B, T, vocab) and no regularizer terms; sets ``quantum_state``."""
-        t = idx.size(1)
+    def project_tokens(self, idx: torch.Tensor, start_pos: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Tokens -> ``[Re Z, Im Z]``, magnitude M and phase P, each (B, T, n_complex) (M and P
+        None for the real projector)."""
         pos0 = start_pos or 0
-        if pos0 + t > self.config.block_size:
-            raise ValueError(f"sequence of {pos0 + t} tokens exceeds block_size={self.config.block_size}")
         h = self.wte(idx)
         if self.wpe is not None:
-            h = h + self.wpe(torch.arange(pos0, pos0 + t, device=idx.device))
-        x, magnitude, phase = self.project(h)
-        self.quantum_state = None if magnitude is None else (magnitude, phase)
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, start_pos=start_pos)
-        u = self.ln_f(x)
+            h = h + self.wpe(torch.arange(pos0, pos0 + idx.size(1), device=idx.device))
+        return self.project(h)
+
+    def embed(self, idx: torch.Tensor, start_pos: int | None = None,
+              teacher: TeacherSignal | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``[Re Z, Im Z]`` and, given a teacher, the ``phase`` and ``mag`` alignment terms."""
+        x, magnitude, phase = self.project_tokens(idx, start_pos)
+        aux = {}
+        if teacher is not None and magnitude is not None:
+            l_phase, l_mag = phase_mag_losses(magnitude, phase, teacher.logits, teacher.mask)
+            aux = {"phase": l_phase, "mag": l_mag}
+        return self.drop(x), aux
+
+    def head(self, u: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
-            return self.lm_head(u), {}
+            return self.lm_head(u)
         vocab_states, _, _ = self.project(self.wte.weight)  # each token's own Z, as [Re, Im]
-        return (u @ vocab_states.t()) / math.sqrt(self.config.n_embd), {}
+        return (u @ vocab_states.t()) / math.sqrt(self.config.n_embd)
+
+    @torch.no_grad()
+    def diagnostics(self, idx: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean magnitude salience and phase dispersion over ``mask`` (none: real projector)."""
+        _, magnitude, phase = self.project_tokens(idx)
+        if magnitude is None:
+            return {}
+        return {"mag_salience": masked_mean(magnitude_salience(magnitude.float()), mask),
+                "phase_dispersion": masked_mean(phase_dispersion(phase.float()), mask)}
 
 
 def phase_dispersion(phase: torch.Tensor) -> torch.Tensor:
@@ -183,3 +180,35 @@ def phase_dispersion(phase: torch.Tensor) -> torch.Tensor:
 def magnitude_salience(magnitude: torch.Tensor) -> torch.Tensor:
     """Per-token salience ``tanh(mean_j M_j)`` in (0, 1): the magnitude on a probability scale."""
     return torch.tanh(magnitude.mean(-1))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is true (0 when there are none)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def teacher_targets(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token confidence ``max_v p(v)`` and normalised entropy ``H(p) / log V``, both in
+    [0, 1], of the teacher's distribution ``p = softmax(t)`` (temperature 1: its own belief)."""
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1) / math.log(teacher_logits.size(-1))
+    return p.max(-1).values, entropy
+
+
+def phase_mag_losses(magnitude: torch.Tensor, phase: torch.Tensor, teacher_logits: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align the quantum state with the teacher's certainty, per labelled token (``mask``):
+
+    - ``L_mag = mean (tanh(mean_j M_j) - max_v p_teacher(v))^2``: a salient (large-magnitude)
+      state where the teacher is confident.
+    - ``L_phase = mean (D(P) - H(p_teacher) / log V)^2`` with ``D(P) = 1 - |mean_j e^{i P_j}|``
+      the circular variance of the token's phases: dispersed phases where the teacher is
+      uncertain, aligned phases where it is sure.
+
+    Both compare quantities in [0, 1], so each term is at most 1. Returns ``(L_phase, L_mag)``.
+    """
+    confidence, entropy = teacher_targets(teacher_logits)
+    salience, dispersion = magnitude_salience(magnitude.float()), phase_dispersion(phase.float())
+    return masked_mean((dispersion - entropy) ** 2, mask), masked_mean((salience - confidence) ** 2, mask)

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lit_models.archs.gpt import GPT, GPTConfig
-from lit_models.archs.registry import register
+from lit_models.archs.registry import TeacherSignal, register
 from lit_models.components.geo_attention import GeoSelfAttention
 from lit_models.components.qembed import QEmbed
 from lit_models.components.rope import RotaryEmbedding
@@ -50,7 +49,6 @@ class QTGConfig(GPTConfig):
     attention: str = "geo"  # "geo" | "dot"
     geo_gamma_init: float = 1.0  # initial per-head gamma of -gamma * d_FR^2
     geo_eps: float = 1e-6  # Bhattacharyya coefficient clamped to [0, 1 - geo_eps]
-    activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +73,27 @@ class QTGConfig(GPTConfig):
             raise ValueError(f"QTGConfig.n_embd={self.n_embd} must be even with use_qembed "
                              "(n_embd / 2 complex amplitudes as [Re | Im])")
 
+    def embedding_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """The GPT's, plus QEmbed 8x and the filter's unit vectors and neighbourhoods, (k + 1)
+        points + k neighbours per token: 4x(2k + 2) (see ``GPTConfig`` for the units)."""
+        embed = super().embedding_activation_bytes(b, s, elem)
+        x = b * s * self.n_embd
+        if self.use_qembed:
+            embed += 8 * x
+        if self.topo_filter != "none":
+            embed += 4 * x * (2 * self.topo_k + 2)
+        return embed
+
+    def block_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """Dot attention: the GPT's block. Fisher-Rao attention, instead of SDPA and QK-norm:
+        query and key log-probabilities, probabilities and their square roots in float32
+        (3 x 4 x 2 = 24x), v and the output in float32 (8x), and the angle and probability
+        matrices, float32 (b, heads, s, s) each: 8 * b * heads * s^2 bytes."""
+        if self.attention == "dot":
+            return super().block_activation_bytes(b, s, elem)
+        return self.block_base_activation_bytes(b, s, elem) + (
+            (24 + 8) * (b * s * self.n_embd) + 8 * b * self.n_head * s * s)
+
 
 @register("qtg", QTGConfig)
 class QTG(GPT):
@@ -94,36 +113,31 @@ class QTG(GPT):
                                 c.geo_eps, linear)
 
     def forward(
-        self, idx: torch.Tensor, start_pos: int | None = None
+        self, idx: torch.Tensor, start_pos: int | None = None, teacher: TeacherSignal | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (B, T, vocab) and the loss terms ``{"topo", "geo", "quantum"}``.
 
         ``start_pos`` switches to cached decoding (KV cache plus the filter's token cache).
         """
-        c, t = self.config, idx.size(1)
+        logits, aux = super().forward(idx, start_pos, teacher)
+        geo = [block.attn.geo_loss for block in self.blocks
+               if isinstance(block.attn, GeoSelfAttention)]
+        geo_loss = torch.stack(geo).mean() if geo else self.wte.weight.new_zeros((), dtype=torch.float32)
+        return logits, {"topo": aux["topo"], "geo": geo_loss, "quantum": aux["quantum"]}
+
+    def embed(self, idx: torch.Tensor, start_pos: int | None = None,
+              teacher: TeacherSignal | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Embedding -> QEmbed -> topological filter -> positions; the ``topo`` and ``quantum``
+        terms (0 when their component is off)."""
         pos0 = start_pos or 0
-        if pos0 + t > c.block_size:
-            raise ValueError(f"sequence of {pos0 + t} tokens exceeds block_size={c.block_size}")
-        zero = self.wte.weight.new_zeros((), dtype=torch.float32)
         x = self.wte(idx)
-        quantum = zero
+        quantum = self.wte.weight.new_zeros((), dtype=torch.float32)
         if self.qembed is not None:
             x, quantum = self.qembed(x)
         x, topo = self.topo(x, start_pos)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(pos0, pos0 + t, device=idx.device))
-        x = self.drop(x)
-        recompute = c.activation_checkpointing and self.training and torch.is_grad_enabled()
-        geo = []
-        for block in self.blocks:
-            if recompute:
-                x = checkpoint(block, x, start_pos, use_reentrant=False)
-            else:
-                x = block(x, start_pos=start_pos)
-            if isinstance(block.attn, GeoSelfAttention):
-                geo.append(block.attn.geo_loss)
-        aux = {"topo": topo, "geo": torch.stack(geo).mean() if geo else zero, "quantum": quantum}
-        return self.lm_head(self.ln_f(x)), aux
+            x = x + self.wpe(torch.arange(pos0, pos0 + idx.size(1), device=idx.device))
+        return self.drop(x), {"topo": topo, "quantum": quantum}
 
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
                        device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:

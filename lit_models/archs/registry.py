@@ -1,10 +1,22 @@
 """Architecture registry: a name maps to its (Config dataclass, nn.Module) pair.
 
-A token architecture's module takes only its config and implements
-``forward(idx, start_pos=None) -> (logits, aux_losses)`` where ``aux_losses`` is a dict of named
-regularizer terms (empty for plain models), plus ``setup_kv_cache`` / ``clear_kv_cache`` for
-generation. The LightningModule builds it from the name and a plain dict of config values,
-so checkpoints hold only primitives and load without Hydra.
+A token architecture (all of them build on ``lit_models.archs.gpt.GPT``) is a config dataclass
+(validated in ``__post_init__``, with ``activation_bytes(b, s, elem)``: the bytes its forward
+saves for backward, which the VRAM budget reads) and a module that takes only its config and
+implements:
+
+* ``forward(idx, start_pos=None, teacher=None) -> (logits, aux_losses)``: ``aux_losses`` is a
+  dict of named scalar regularizer terms (empty for plain models); the recipe adds
+  ``lambda_k * term_k`` to the cross-entropy and logs each as ``train/loss_<k>``. ``teacher``,
+  a :class:`TeacherSignal` that only a distillation recipe passes (in training), lets an
+  architecture return terms that align it with the teacher (Indra's ``phase`` and ``mag``);
+  others ignore it.
+* ``diagnostics(idx, mask) -> dict`` of scalars to monitor, without gradient (empty for most);
+* ``setup_kv_cache`` / ``clear_kv_cache`` for generation;
+* ``activation_checkpointing`` in its config: recompute each block in backward.
+
+The LightningModule builds it from the name and a plain dict of config values, so checkpoints
+hold only primitives and load without Hydra.
 
 Coordinate architectures (position -> symbol, e.g. the fractal decoder) follow the same
 (Config, Module) contract but not the token one, so they live in their own table,
@@ -16,9 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+
+
+class TeacherSignal(NamedTuple):
+    """A distillation teacher's view of the batch: its logits (B, T, V) and the positions that
+    count (B, T), ``labels != -100``."""
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+
 
 Table = dict[str, tuple[type, type[nn.Module]]]
 ARCHITECTURES: Table = {}

@@ -4,12 +4,17 @@ Schema (the write-up's, plus what integrity needs)::
 
     weight_chunks(chunk_id TEXT PRIMARY KEY,        -- "<layer_name>#<chunk_index>"
                   layer_name, chunk_index, n_chunks, tensor_shape (JSON), dtype, byte_offset,
-                  sha256,                           -- of data, verified on every read
+                  checksum,                         -- of metadata + data, verified on read
                   invariants (JSON), compression_info (JSON), created_at, access_count,
                   data BLOB)                        -- raw bytes of the tensor, C order (last)
     metadata(key TEXT PRIMARY KEY, value TEXT)      -- format, schema_version, aliases, ...
     indexes on (layer_name, chunk_index) and access_count
 
+* Each chunk's checksum (xxh3-128, the algorithm named in ``metadata['checksum']``) covers its
+  data and every column that changes how the data is decoded (layer, index, offset, shape,
+  dtype, codec and its parameters, invariants): editing any of them in the file fails ``verify``
+  and every load. Stores of schema version 1 (SHA-256 of the data alone, column ``sha256``)
+  still open, verify and accept writes in their own format.
 * Every write runs in a transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): a writer killed
   mid-write leaves the previous state intact (SQLite rolls the partial transaction back).
 * Reads stream chunk by chunk (``iter_chunks``) or fill one preallocated tensor (``load``),
@@ -25,6 +30,7 @@ Schema (the write-up's, plus what integrity needs)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -41,7 +47,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
+from lhp.errors import UserError
 from lit_models.compression.codecs import (
     Encoded,
     decode,
@@ -53,14 +61,20 @@ from lit_models.compression.codecs import (
 )
 
 FORMAT = "lhp-weight-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SHARED_PREFIX = "__shared__/"
+CHECKSUMS: dict[str, Callable[[], Any]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+DEFAULT_CHECKSUM = "xxh3_128"
+# The columns a chunk's checksum covers besides its data (schema version >= 2).
+META_COLUMNS = ("layer_name", "chunk_index", "n_chunks", "tensor_shape", "dtype", "byte_offset",
+                "invariants", "compression_info")
 # ``data`` is the last column: SQLite stores a large BLOB in a chain of overflow pages, and any
 # column after it could only be read by walking that chain (a 4x slower load, measured).
-CHUNK_COLUMNS = ("chunk_id", "layer_name", "chunk_index", "n_chunks", "tensor_shape", "dtype",
-                 "byte_offset", "sha256", "invariants", "compression_info", "created_at",
+CHUNK_COLUMNS = ("chunk_id", *META_COLUMNS[:6], "checksum", *META_COLUMNS[6:], "created_at",
                  "access_count", "data")
+# Schema version 1: the same table with a SHA-256 of the data alone in column ``sha256``.
+CHUNK_COLUMNS_V1 = tuple("sha256" if c == "checksum" else c for c in CHUNK_COLUMNS)
 SCHEMA = """
 CREATE TABLE weight_chunks (
     chunk_id TEXT PRIMARY KEY,
@@ -70,7 +84,7 @@ CREATE TABLE weight_chunks (
     tensor_shape TEXT NOT NULL,
     dtype TEXT NOT NULL,
     byte_offset INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
+    checksum TEXT NOT NULL,
     invariants TEXT,
     compression_info TEXT,
     created_at REAL NOT NULL,
@@ -86,15 +100,39 @@ if sys.byteorder != "little":  # the format is little-endian raw bytes
     raise ImportError("lit_models.compression.store supports little-endian hosts only")
 
 
-class WeightStoreError(ValueError):
+class WeightStoreError(UserError):
     """The file is not a (valid) weight store, or a stored chunk is damaged."""
 
 
+class StoreNotFoundError(WeightStoreError, FileNotFoundError):
+    """No file at the path of a store opened read-only."""
+
+
 class ChecksumError(WeightStoreError):
-    """A chunk's bytes do not match the SHA-256 recorded when it was written."""
+    """A chunk's bytes or metadata do not match the checksum recorded when it was written."""
 
 
-class LayerNotFoundError(KeyError):
+def _sqlite_errors(action: str) -> Callable[[Callable], Callable]:
+    """Turn an SQLite error of a store method into a ``WeightStoreError`` naming the file."""
+    hint = ("nothing was written (the transaction was rolled back); free disk space if it is full"
+            if action == "write" else "the file is damaged or not a weight store; restore it "
+            "from a good copy")
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapped(self: WeightStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as err:
+                raise WeightStoreError(f"{self.path}: cannot {action} ({fn.__name__}): {err}; "
+                                       f"{hint}") from err
+        return wrapped
+    return wrap
+
+
+class LayerNotFoundError(WeightStoreError, KeyError):
+    """No layer of that name (a ``UserError`` and, for older handlers, a ``KeyError``)."""
+
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
@@ -122,10 +160,13 @@ class WeightStore:
         chunk_bytes: size of a stored chunk (rounded down to whole elements).
         cache_bytes: byte budget of the LRU cache of decoded tensors (0 disables it).
         journal: ``"wal"`` (concurrent readers) or ``"delete"`` (a single self-contained file).
+        checksum: algorithm of a new store's checksums (``"xxh3_128"`` or ``"sha256"``); an
+            existing store keeps the one recorded in it, which ``self.checksum`` names.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", chunk_bytes: int = 1 << 20,
-                 cache_bytes: int = 256 << 20, journal: str = "wal") -> None:
+                 cache_bytes: int = 256 << 20, journal: str = "wal",
+                 checksum: str = DEFAULT_CHECKSUM) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"WeightStore mode must be 'r' or 'a', got {mode!r}")
         if not isinstance(chunk_bytes, int) or chunk_bytes < 64:
@@ -134,7 +175,10 @@ class WeightStore:
             raise ValueError(f"WeightStore cache_bytes must be an int >= 0, got {cache_bytes!r}")
         if journal not in ("wal", "delete"):
             raise ValueError(f"WeightStore journal must be 'wal' or 'delete', got {journal!r}")
+        if checksum not in CHECKSUMS:
+            raise ValueError(f"WeightStore checksum must be one of {sorted(CHECKSUMS)}, got {checksum!r}")
         self.path = Path(path)
+        self.checksum, self._checksum_column, self._covers_meta = checksum, "checksum", True
         self.mode, self.chunk_bytes, self.cache_bytes = mode, chunk_bytes, cache_bytes
         self._lock = threading.RLock()
         self._depth = 0
@@ -143,20 +187,36 @@ class WeightStore:
         self.cache_hits = self.cache_misses = 0
         self._pending_access: Counter[str] = Counter()
         self._conn = self._open(journal)
-        self.aliases: dict[str, str] = json.loads(self.get_metadata("aliases") or "{}")
+        self.aliases: dict[str, str] = self._stored_aliases()
+
+    def _stored_aliases(self) -> dict[str, str]:
+        try:
+            aliases = json.loads(self.get_metadata("aliases") or "{}")
+        except ValueError as err:
+            raise WeightStoreError(f"{self.path}: metadata 'aliases' is not JSON ({err}); "
+                                   "the file is damaged") from err
+        if not isinstance(aliases, dict):
+            raise WeightStoreError(f"{self.path}: metadata 'aliases' must be a JSON object, got "
+                                   f"{type(aliases).__name__}; the file is damaged")
+        return aliases
 
     # ------------------------------------------------------------------ opening
     def _open(self, journal: str) -> sqlite3.Connection:
-        exists = self.path.is_file() and self.path.stat().st_size > 0
         if self.mode == "r" and not self.path.is_file():
-            raise FileNotFoundError(f"weight store not found: {self.path}")
+            raise StoreNotFoundError(f"weight store not found: {self.path} (check the path)")
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if self.mode == "r" and not exists:
+            raise WeightStoreError(f"{self.path}: empty file, not a weight store (an interrupted "
+                                   "copy?); pass a file written by WeightStore or SQLiteCheckpointIO")
         if exists:
             with open(self.path, "rb") as fh:
                 header = fh.read(100)
             if header[:16] != SQLITE_MAGIC:
                 raise WeightStoreError(f"{self.path}: not a weight store (not an SQLite database; "
-                                       f"header starts {header[:16]!r})")
-        uri = f"file:{self.path}?mode={'ro' if self.mode == 'r' else 'rwc'}"
+                                       f"header starts {header[:16]!r}); pass a file written by "
+                                       "WeightStore or SQLiteCheckpointIO")
+        uri = f"{self.path.absolute().as_uri()}?mode={'ro' if self.mode == 'r' else 'rwc'}"
+        conn = None
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
@@ -175,9 +235,15 @@ class WeightStore:
                         conn.execute(statement)
                     conn.executemany("INSERT INTO metadata VALUES (?, ?)", [
                         ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)),
-                        ("created_at", repr(time.time())), ("aliases", "{}")])
-        except sqlite3.DatabaseError as err:
-            raise WeightStoreError(f"{self.path}: cannot open as a weight store: {err}") from err
+                        ("checksum", self.checksum), ("created_at", repr(time.time())),
+                        ("aliases", "{}")])
+        except (sqlite3.DatabaseError, WeightStoreError) as err:
+            if conn is not None:
+                conn.close()
+            if isinstance(err, WeightStoreError):
+                raise
+            raise WeightStoreError(f"{self.path}: cannot open as a weight store: {err}; the file "
+                                   "is damaged or not a weight store") from err
         return conn
 
     def _check_size(self, conn: sqlite3.Connection, header: bytes) -> None:
@@ -197,14 +263,25 @@ class WeightStore:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         columns = [r[1] for r in conn.execute("PRAGMA table_info(weight_chunks)")]
         meta = dict(conn.execute("SELECT key, value FROM metadata")) if "metadata" in tables else {}
-        if tuple(columns) != CHUNK_COLUMNS or meta.get("format") != FORMAT:
+        version = meta.get("schema_version", "")
+        expected = {"1": CHUNK_COLUMNS_V1}.get(version, CHUNK_COLUMNS)
+        if tuple(columns) != expected or meta.get("format") != FORMAT:
             raise WeightStoreError(
                 f"{self.path}: wrong schema for a weight store: expected tables weight_chunks"
-                f"{CHUNK_COLUMNS} and metadata with format={FORMAT!r}; found tables "
+                f"{expected} and metadata with format={FORMAT!r}; found tables "
                 f"{sorted(tables)}, weight_chunks columns {columns}, format {meta.get('format')!r}")
-        if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
-            raise WeightStoreError(f"{self.path}: schema_version {meta['schema_version']} is newer "
-                                   f"than this code's {SCHEMA_VERSION}")
+        if version == "1":  # written before checksums covered metadata: SHA-256 of the data
+            self.checksum, self._checksum_column, self._covers_meta = "sha256", "sha256", False
+            return
+        if version != str(SCHEMA_VERSION):
+            raise WeightStoreError(f"{self.path}: unknown schema_version {version!r} (this code "
+                                   f"reads 1 to {SCHEMA_VERSION}); a newer release wrote it?")
+        if meta.get("checksum") not in CHECKSUMS:
+            raise WeightStoreError(
+                f"{self.path}: metadata 'checksum' is {meta.get('checksum')!r}, expected one of "
+                f"{sorted(CHECKSUMS)}: the chunks cannot be verified; the file is damaged or was "
+                "written by other software")
+        self.checksum = meta["checksum"]
 
     def close(self) -> None:
         with self._lock:
@@ -230,12 +307,22 @@ class WeightStore:
             raise WeightStoreError(f"{self.path}: opened read-only (mode='r'); use mode='a' to write")
         return self._db()
 
+    def _digest(self, meta: tuple, data: bytes | memoryview) -> str:
+        """Checksum of one chunk: its metadata row (``META_COLUMNS``) and its data."""
+        h = CHECKSUMS[self.checksum]()
+        if self._covers_meta:
+            h.update(json.dumps(meta, separators=(",", ":")).encode())
+        h.update(data)
+        return h.hexdigest()
+
     # ---------------------------------------------------------------- metadata
+    @_sqlite_errors("read")
     def get_metadata(self, key: str) -> str | None:
         with self._lock:
             row = self._db().execute("SELECT value FROM metadata WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_sqlite_errors("write")
     def set_metadata(self, key: str, value: str) -> None:
         with self.transaction():
             self._writable().execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (key, value))
@@ -257,17 +344,21 @@ class WeightStore:
             try:
                 with _transaction(conn):
                     yield self
-            except BaseException:
-                self.aliases = json.loads(self.get_metadata("aliases") or "{}")
+            except BaseException as err:
+                self.aliases = self._stored_aliases()
                 self._cache.clear()
                 self._cached_bytes = 0
+                if isinstance(err, sqlite3.DatabaseError):  # COMMIT failed (a full disk)
+                    raise WeightStoreError(f"{self.path}: cannot commit: {err}; nothing was "
+                                           "written, free disk space if it is full") from err
                 raise
             finally:
                 self._depth = 0
 
+    @_sqlite_errors("write")
     def put(self, name: str, tensor: torch.Tensor, invariants: Mapping[str, Any] | None = None,
             compression_info: Mapping[str, Any] | None = None) -> None:
-        """Store ``tensor`` under ``name`` (replacing it) as raw chunks with SHA-256 checksums."""
+        """Store ``tensor`` under ``name`` (replacing it) as raw chunks with checksums."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.path}: layer name must be a non-empty string, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
@@ -286,11 +377,11 @@ class WeightStore:
             conn.execute("DELETE FROM weight_chunks WHERE layer_name=?", (name,))
             for i in range(n_chunks):
                 data = raw[i * step:(i + 1) * step]
-                conn.execute(
-                    "INSERT INTO weight_chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                    (f"{name}#{i}", name, i, n_chunks, shape, dtype, i * step,
-                     hashlib.sha256(data).hexdigest(), inv if i == 0 else None,
-                     comp if i == 0 else None, now, data))
+                meta = (name, i, n_chunks, shape, dtype, i * step, inv if i == 0 else None,
+                        comp if i == 0 else None)
+                conn.execute("INSERT INTO weight_chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?)",
+                             (f"{name}#{i}", *meta[:6], self._digest(meta, data), *meta[6:],
+                              now, data))
             if name in self.aliases:
                 self._set_aliases({k: v for k, v in self.aliases.items() if k != name})
         self._evict(name)
@@ -322,7 +413,7 @@ class WeightStore:
         aliases = dict(self.aliases)
         with self.transaction():
             for name, tensor in state_dict.items():
-                key = _storage_key(tensor)
+                key = storage_key(tensor)
                 if key is not None and key in seen:
                     aliases[name] = seen[key]
                     continue
@@ -337,6 +428,7 @@ class WeightStore:
                                  (json.dumps(aliases, sort_keys=True),))
         self.aliases = aliases
 
+    @_sqlite_errors("write")
     def delete(self, name: str) -> None:
         with self.transaction():
             target = self._resolve(name)
@@ -348,6 +440,7 @@ class WeightStore:
         self._evict(name)
 
     # ------------------------------------------------------------------ reading
+    @_sqlite_errors("read")
     def names(self, include_shared: bool = False) -> list[str]:
         with self._lock:
             rows = self._db().execute(
@@ -355,6 +448,7 @@ class WeightStore:
         names = [r[0] for r in rows if include_shared or not r[0].startswith(SHARED_PREFIX)]
         return sorted(names + list(self.aliases))
 
+    @_sqlite_errors("read")
     def has(self, name: str) -> bool:
         with self._lock:
             return self._db().execute(
@@ -370,12 +464,14 @@ class WeightStore:
                 + (f", e.g. {stored[:5]}" if stored else ""))
         return target
 
+    @_sqlite_errors("read")
     def _head(self, name: str) -> tuple:
         with self._lock:
             return self._db().execute(
                 "SELECT tensor_shape, dtype, n_chunks, invariants, compression_info "
                 "FROM weight_chunks WHERE layer_name=? AND chunk_index=0", (name,)).fetchone()
 
+    @_sqlite_errors("read")
     def info(self, name: str) -> LayerInfo:
         target = self._resolve(name)
         shape, dtype, n_chunks, inv, comp = self._head(target)
@@ -399,58 +495,76 @@ class WeightStore:
         payload bytes (uint8). Concatenated, the chunks are the flattened stored tensor.
         """
         target = self._resolve(name)
-        shape, dtype, n_chunks, _, _ = self._head(target)
-        torch_dtype = dtype_from_name(dtype, f"{self.path}: layer {target!r}")
-        for _, _, data in self._chunk_rows(target, n_chunks, verify):
+        torch_dtype = None
+        for meta, data in self._chunk_rows(target, verify):
+            torch_dtype = torch_dtype or self._decoding(target, meta)[1]
             yield _frombytes(data, torch_dtype)
 
-    def _chunk_rows(self, name: str, n_chunks: int, verify: bool) -> Iterator[tuple[int, int, bytes]]:
-        with self._lock:
-            cursor = self._db().execute(
-                "SELECT chunk_id, chunk_index, byte_offset, sha256, data FROM weight_chunks "
-                "WHERE layer_name=? ORDER BY chunk_index", (name,))
-            count = 0
+    def _decoding(self, name: str, head: tuple) -> tuple[tuple[int, ...], torch.dtype, dict | None]:
+        """Shape, dtype and compression info of a layer from its chunk-0 metadata row."""
+        try:
+            shape = tuple(json.loads(head[3]))
+            torch_dtype = dtype_from_name(head[4], f"{self.path}: layer {name!r}")
+            comp = json.loads(head[7]) if head[7] else None
+        except (TypeError, ValueError) as err:
+            raise WeightStoreError(f"{self.path}: layer {name!r} has unreadable metadata: {err}; "
+                                   "the file is damaged") from err
+        return shape, torch_dtype, comp
+
+    def _chunk_rows(self, name: str, verify: bool) -> Iterator[tuple[tuple, bytes]]:
+        """A layer's chunks in order as (metadata row, data), each checked against its checksum
+        before it is used; chunk 0's row describes the layer (shape, dtype, codec)."""
+        columns = ", ".join(META_COLUMNS)
+        with self._lock, contextlib.closing(self._db().cursor()) as cursor:
+            count, n_chunks = 0, None
             try:
-                for chunk_id, index, offset, sha, data in cursor:
-                    if index != count:
+                cursor.execute(f"SELECT chunk_id, {columns}, {self._checksum_column}, data FROM "
+                               "weight_chunks WHERE layer_name=? ORDER BY chunk_index", (name,))
+                for chunk_id, *meta, digest, data in cursor:
+                    if meta[1] != count or meta[2] != (n_chunks or meta[2]):
                         break
-                    if verify and hashlib.sha256(data).hexdigest() != sha:
+                    if not isinstance(data, bytes):
+                        raise WeightStoreError(f"{self.path}: chunk {chunk_id!r} of layer {name!r} "
+                                               f"holds {type(data).__name__}, not bytes; the file "
+                                               "is damaged")
+                    if verify and self._digest(tuple(meta), data) != digest:
                         raise ChecksumError(
-                            f"{self.path}: chunk {chunk_id!r} of layer {name!r} fails its SHA-256 "
-                            "check (the file was modified or damaged)")
+                            f"{self.path}: chunk {chunk_id!r} of layer {name!r} fails its "
+                            f"{self.checksum} check: its bytes or metadata (shape, dtype, codec) "
+                            "were modified or damaged; restore the file from a good copy")
+                    n_chunks = meta[2]
                     count += 1
-                    yield index, offset, data
+                    yield tuple(meta), data
             except sqlite3.DatabaseError as err:
-                raise WeightStoreError(f"{self.path}: cannot read layer {name!r}: {err}") from err
-            finally:
-                cursor.close()
+                raise WeightStoreError(f"{self.path}: cannot read layer {name!r}: {err}; the "
+                                       "file is damaged") from err
         if count != n_chunks:
             raise WeightStoreError(f"{self.path}: layer {name!r} is incomplete: found {count} "
-                                   f"of {n_chunks} chunks")
+                                   f"of {n_chunks or '?'} chunks")
         self._pending_access[name] += 1
 
     def load_stored(self, name: str, verify: bool = True) -> tuple[torch.Tensor, dict | None]:
         """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info."""
         target = self._resolve(name)
-        shape, dtype, n_chunks, _, comp = self._head(target)
-        torch_dtype = dtype_from_name(dtype, f"{self.path}: layer {target!r}")
-        shape = tuple(json.loads(shape))
-        storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
-        out = torch.empty(math.prod(shape), dtype=storage)
-        buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
+        buf = None
         total = 0
-        for _, offset, data in self._chunk_rows(target, n_chunks, verify):
+        for meta, data in self._chunk_rows(target, verify):
+            if buf is None:  # chunk 0, checked: allocate the whole tensor once
+                shape, torch_dtype, comp = self._decoding(target, meta)
+                storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
+                out = torch.empty(math.prod(shape), dtype=storage)
+                buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
+            offset = meta[5]
             if offset + len(data) > buf.size:
                 raise WeightStoreError(f"{self.path}: layer {target!r} has more bytes than its "
-                                       f"shape {shape} and dtype {dtype} hold")
+                                       f"shape {shape} and dtype {meta[4]} hold")
             buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
             total += len(data)
         if total != buf.size:
             raise WeightStoreError(f"{self.path}: layer {target!r} holds {total} bytes, its shape "
-                                   f"{shape} and dtype {dtype} need {buf.size}")
+                                   f"{shape} and dtype {meta[4]} need {buf.size}")
         out = out.reshape(shape)
-        return (out.to(torch.bool) if torch_dtype == torch.bool else out), (
-            json.loads(comp) if comp else None)
+        return (out.to(torch.bool) if torch_dtype == torch.bool else out), comp
 
     def load(self, name: str, verify: bool = True) -> torch.Tensor:
         """The (decoded) tensor. Cached tensors are shared: clone before modifying in place."""
@@ -537,6 +651,7 @@ class WeightStore:
         return self._cached_bytes
 
     # --------------------------------------------------------- maintenance/stats
+    @_sqlite_errors("write")
     def flush(self) -> None:
         """Write the in-memory access counts back (writable stores; read-only ones keep them)."""
         if self.mode != "a" or not self._pending_access or self._conn is None:
@@ -547,16 +662,20 @@ class WeightStore:
                 [(n, name) for name, n in self._pending_access.items()])
         self._pending_access.clear()
 
+    @_sqlite_errors("verify")
     def verify(self) -> int:
-        """Check every chunk's SHA-256 (raises ``ChecksumError`` naming the first bad chunk)."""
-        n = 0
-        for name in self.names(include_shared=True):
-            if name in self.aliases:
-                continue
-            n_chunks = self._head(name)[2]
-            n += sum(1 for _ in self._chunk_rows(name, n_chunks, verify=True))
-        return n
+        """Check SQLite's own page structure (``PRAGMA quick_check``: a damaged b-tree page can
+        leave every chunk readable today and lose rows tomorrow), then every chunk's checksum
+        (raises ``ChecksumError`` naming the first bad chunk)."""
+        with self._lock:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise WeightStoreError(f"{self.path}: the SQLite file is damaged "
+                                   f"({' '.join(' '.join(problems[:3]).split())}); restore it from a copy")
+        return sum(sum(1 for _ in self._chunk_rows(name, verify=True))
+                   for name in self.names(include_shared=True) if name not in self.aliases)
 
+    @_sqlite_errors("read")
     def stats(self) -> dict[str, Any]:
         """Database statistics: layers, chunks, bytes, codecs, accesses, cache."""
         with self._lock:
@@ -618,13 +737,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
-def _storage_key(t: torch.Tensor) -> tuple | None:
+def storage_key(t: torch.Tensor) -> tuple | None:
     """Identity of a tensor's memory and view: equal keys mean the same values (tied weights)."""
     if t.numel() == 0 or t.device.type == "meta":
         return None

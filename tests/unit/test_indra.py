@@ -8,9 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_models.archs import build_arch
-from lit_models.archs.indra import IndraConfig, QuantumProjector, phase_dispersion
-from lit_models.distillation import DistillationModel, kd_loss, phase_mag_losses, teacher_targets
+from lit_models.archs import TeacherSignal, build_arch
+from lit_models.archs.indra import (
+    IndraConfig,
+    QuantumProjector,
+    phase_dispersion,
+    phase_mag_losses,
+    teacher_targets,
+)
+from lit_models.distillation import DistillationModel, kd_loss
 from lit_models.generation import generate
 
 TINY = {"vocab_size": 50, "block_size": 16, "d_model": 24, "n_layer": 2, "n_head": 2, "n_embd": 16}
@@ -28,15 +34,51 @@ def test_projector_shapes_and_positive_magnitude() -> None:
                                torch.polar(magnitude, phase))  # Z = M e^{iP} as [Re, Im]
 
 
-def test_forward_exposes_quantum_state_only_for_the_complex_projector() -> None:
+def _teacher(idx: torch.Tensor) -> TeacherSignal:
+    torch.manual_seed(1)
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[:, :3] = False  # e.g. a prompt: not labelled
+    return TeacherSignal(torch.randn(*idx.shape, 50) * 3, mask)
+
+
+def test_phase_mag_terms_are_aux_losses_given_a_teacher() -> None:
+    """The forward returns the alignment terms of its own state; no teacher, no terms."""
     idx = torch.randint(0, 50, (2, 10))
     net = build_arch("indra", TINY)
     logits, aux = net(idx)
     assert logits.shape == (2, 10, 50) and aux == {}
-    magnitude, phase = net.quantum_state
+    teacher = _teacher(idx)
+    with_teacher, aux = net(idx, teacher=teacher)
+    torch.testing.assert_close(with_teacher, logits)
+    _, magnitude, phase = net.project_tokens(idx)
     assert magnitude.shape == phase.shape == (2, 10, 8) and torch.all(magnitude > 0)
+    l_phase, l_mag = phase_mag_losses(magnitude, phase, teacher.logits, teacher.mask)
+    assert list(aux) == ["phase", "mag"] and aux["phase"].requires_grad
+    torch.testing.assert_close((aux["phase"], aux["mag"]), (l_phase, l_mag))
+    diagnostics = net.diagnostics(idx, teacher.mask)  # what the recipe logs, no gradient
+    torch.testing.assert_close(diagnostics["phase_dispersion"],
+                               phase_dispersion(phase)[teacher.mask].mean())
+    assert not diagnostics["mag_salience"].requires_grad
     real = build_arch("indra", {**TINY, "projector": "real"})
-    assert real(idx)[0].shape == (2, 10, 50) and real.quantum_state is None
+    assert real(idx, teacher=teacher)[1] == {} and real.diagnostics(idx, teacher.mask) == {}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # no trainer: not logged
+def test_distillation_weights_the_students_teacher_terms() -> None:
+    """KD, phase and mag with the kd weights x pm_weight, in the order they were always added."""
+    torch.manual_seed(0)
+    module = DistillationModel(**ARGS, kd={"weight": 0.3, "phase_weight": 0.7, "mag_weight": 2.0})
+    module.pm_weight = 0.5
+    idx = torch.randint(0, 50, (2, 10))
+    teacher = _teacher(idx)
+    batch = {"input_ids": idx, "labels": torch.where(teacher.mask, idx, -100)}
+    logits, _, aux = module._loss(batch, teacher)
+    terms = module.weighted_terms(batch, logits, aux, teacher)
+    assert list(terms) == ["kd", "phase", "mag"]
+    assert [w for w, _ in terms.values()] == [0.3, 0.5 * 0.7, 0.5 * 2.0]
+    torch.testing.assert_close(terms["kd"][1], kd_loss(logits, teacher.logits, 2.0, teacher.mask))
+    assert terms["phase"][1] is aux["phase"] and terms["mag"][1] is aux["mag"]
+    assert module.weighted_terms(batch, *module._loss(batch)[::2], None) == {}  # CE-only ablation
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -126,10 +168,9 @@ def test_teacher_targets_and_phase_mag_losses_by_hand() -> None:
     magnitude = torch.full((1, 1, 6), math.atanh(0.5))
     phase = torch.zeros(1, 1, 6)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    l_phase, l_mag, targets = phase_mag_losses(magnitude, phase, uniform, mask)
+    l_phase, l_mag = phase_mag_losses(magnitude, phase, uniform, mask)
     assert l_phase.item() == pytest.approx((0.0 - 1.0) ** 2, abs=1e-5)
     assert l_mag.item() == pytest.approx((0.5 - 0.25) ** 2, abs=1e-6)
-    assert targets["teacher_entropy"].item() == pytest.approx(1.0)
 
 
 ARGS = {"arch": "indra", "arch_config": TINY}

@@ -197,16 +197,23 @@ def test_qembed_gives_unit_amplitudes() -> None:
     torch.testing.assert_close(quantum, ((f.norm(dim=-1) ** 2 - 1) ** 2).mean())
 
 
-def test_activation_checkpointing_gives_the_same_gradients() -> None:
+@pytest.mark.parametrize("arch", ["gpt", "qtg", "indra"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(arch: str) -> None:
+    """Every token architecture has the switch (from the GPT): blocks are recomputed in
+    backward (each runs twice), and loss and gradients do not change."""
     x = torch.randint(0, 50, (2, 16))
-    grads = []
+    results = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = build_arch("qtg", {**TINY, "activation_checkpointing": ckpt})
+        model = build_arch(arch, {**TINY, "activation_checkpointing": ckpt})
+        calls: list[int] = []
+        model.blocks[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         logits, aux = model(x)
-        (logits.square().mean() + sum(aux.values())).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1])
+        loss = logits.square().mean() + sum(aux.values())
+        loss.backward()
+        assert len(calls) == (2 if ckpt else 1)
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    torch.testing.assert_close(results[0], results[1])
 
 
 # --------------------------------------------------------------------------- configs

@@ -16,7 +16,7 @@ from callbacks.vram_budget import (
     optimizer_state_bytes,
     parameter_bytes,
 )
-from lit_models.archs import build_arch
+from lit_models.archs import COORDINATE_ARCHITECTURES, build_arch, make_config
 from lit_models.optim import build_optimizer
 
 SMALL = dict(vocab_size=300, block_size=64, n_layer=2, n_head=4, n_embd=64)
@@ -83,6 +83,30 @@ def test_checkpointing_and_mixed_precision_change_the_estimate_as_expected() -> 
     assert mixed.weights == full.weights and mixed.autocast_copies > 0
     assert mixed.activations < full.activations
     assert estimate_memory(net, 8, 512, "bf16-true").weights == full.weights // 2
+
+
+@pytest.mark.parametrize(("arch", "extra", "full", "recomputed"), [
+    ("gpt", {}, 1724416, 1228800),
+    ("gpt", {"qk_norm": True, "dropout": 0.1, "mlp_ratio": 8 / 3}, 1761280, 1255424),
+    ("qtg", {}, 4337664, 2928640),
+    ("qtg", {"attention": "dot", "qk_norm": True, "topo_filter": "knn_mean"}, 2641920, 2080768),
+    ("indra", {"d_model": 32}, 1724416, 1228800),
+])
+def test_each_config_states_its_activation_bytes_as_before(arch: str, extra: dict, full: int,
+                                                           recomputed: int) -> None:
+    """The byte counts the callback gave when it read QTG's fields itself (commit 4a09852),
+    now from each architecture's own config (mixed precision, micro-batch 4 x 64 tokens)."""
+    config = make_config(arch, {**SMALL, **extra})
+    assert activation_bytes(config, 4, 64, elem=2) == (full, 614400)
+    assert config.activation_bytes(4, 64, 2, checkpointing=True) == (recomputed, 614400)
+    assert make_config(arch, {**SMALL, **extra, "activation_checkpointing": True}
+                       ).activation_bytes(4, 64, 2)[0] == recomputed  # the config's own switch
+
+
+def test_a_config_without_activation_bytes_is_named() -> None:
+    with pytest.raises(ValueError, match="FractalConfig has no activation_bytes"):
+        activation_bytes(make_config("fractal", {"vocab_size": 20}, COORDINATE_ARCHITECTURES),
+                         1, 8, elem=4)
 
 
 def _fake_run(batch: int = 8, accum: int = 1, precision: str = "32-true"):
