@@ -163,3 +163,59 @@ def test_cli_user_error_is_one_line_with_exit_code_2(good: dict, tmp_path: Path)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, proc.stderr[-2000:]
     assert not marker.exists()
+
+
+OLD = REPO / "tests" / "data" / "old_checkpoints"
+
+
+def test_generate_on_a_coordinate_checkpoint_says_so(tmp_path: Path) -> None:
+    cfg = compose_config("generate", [f"ckpt_path={OLD / 'fractal.pt'}"], tmp_path / "gen")
+    with pytest.raises(UserError, match="generate needs a tokens model.*CoordinateDecoder"):
+        generate_text(cfg)
+
+
+def test_load_errors_never_advise_disabling_weights_only(tmp_path: Path) -> None:
+    from lit_models.checkpoints import load_checkpoint
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(__import__("pickle").dumps(subprocess.Popen))  # a global torch refuses
+    with pytest.raises(UserError, match="evil.ckpt") as err:
+        load_checkpoint(path)
+    assert "weights_only" not in str(err.value)
+
+
+def test_h2q_analyse_on_a_corrupt_safetensors_file_names_it(tmp_path: Path, capsys) -> None:
+    from experiments import h2q
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(SystemExit) as err:
+        h2q.main(["analyse", str(path)])
+    assert err.value.code == 2
+    assert "w.safetensors" in capsys.readouterr().err
+
+
+def test_atlas_list_fails_on_an_inconsistent_library(tmp_path: Path, capsys) -> None:
+    from experiments import atlas
+    from lit_models.archs.fractal import FractalConfig, FractalDecoder
+    from lit_models.atlas import AtlasLibrary
+
+    net = FractalDecoder(FractalConfig(vocab_size=5, num_books=1, n_embd=8, block_hidden=8,
+                                       depth=1, n_frequencies=2, key_dim=2))
+    lib = AtlasLibrary.create(tmp_path / "lib", net, list("abcd"))
+    lib.core_path.write_bytes(lib.core_path.read_bytes()[:100])  # damaged core
+    with pytest.raises(SystemExit) as err:
+        atlas.main(["list", "--library", str(tmp_path / "lib")])
+    assert err.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_time_cap_that_ends_training_early_is_reported(make_cfg, caplog) -> None:
+    cfg = make_cfg(TINY + ["trainer.max_steps=2000", "trainer.max_time=00:00:00:03"])
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    assert "training stopped at step" in caplog.text and "max_steps=2000" in caplog.text
+
+
+def test_make_train_default_has_no_time_cap(make_cfg) -> None:
+    assert make_cfg(["experiment=smoke"]).trainer.max_time is None
