@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from datamodules import tokenizers
@@ -24,6 +23,7 @@ from datamodules.base import PackedDataset, TokenDataModule
 from datamodules.corpora import alpaca_splits, fingerprint, wiki_lines
 from datamodules.files import open_regular, write_atomic
 from datamodules.jsonl import format_record
+from lhp.config_check import to_plain
 from lhp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ class MixedDataset(Dataset):
         return self.parts[part][i - int(self.offsets[part])]
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
 class WikiTextAlpacaDataModule(TokenDataModule):
     """Args:
         wiki: text corpus source (``path`` to a dir with train/valid/test.txt, or ``hub_id`` +
@@ -95,7 +91,7 @@ class WikiTextAlpacaDataModule(TokenDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        wiki, alpaca, tokenizer = _plain(wiki), _plain(alpaca), _plain(tokenizer)
+        wiki, alpaca, tokenizer = to_plain(wiki), to_plain(alpaca), to_plain(tokenizer)
         if not wiki and not alpaca:
             raise UserError("data.wiki and data.alpaca are both null: enable at least one corpus")
         if mix_ratio is not None and not (wiki and alpaca and 0.0 < mix_ratio < 1.0):

@@ -90,6 +90,15 @@ RULES: dict[str, tuple[Check, str]] = {
 }
 
 
+def to_plain(value: Any) -> Any:
+    """Hydra hands over DictConfigs/ListConfigs; checkpoints and hparams need plain containers."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in key.split("."):

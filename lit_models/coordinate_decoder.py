@@ -27,14 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import Metric
 
 from lit_models.archs.registry import COORDINATE_ARCHITECTURES, build_arch
-from lit_models.language_model import _plain
 from lit_models.recipe import TrainingRecipe
 
 log = logging.getLogger(__name__)
@@ -69,7 +67,7 @@ class BookReconstruction(Metric):
         return torch.stack([self.nll, self.correct, self.count])
 
 
-class CoordinateDecoder(TrainingRecipe, L.LightningModule):
+class CoordinateDecoder(TrainingRecipe):
     """Position -> character recipe. Loss = CE + sum_k loss_weights[k] * term_k.
 
     Args:
@@ -95,23 +93,13 @@ class CoordinateDecoder(TrainingRecipe, L.LightningModule):
         pictures: bool = True,
         picture_passage: int = 200,
     ) -> None:
-        super().__init__()
-        arch_config, optimizer, scheduler, loss_weights = map(
-            _plain, (arch_config, optimizer, scheduler, loss_weights))
-        self.save_hyperparameters(
-            {"arch": arch, "arch_config": dict(arch_config), "optimizer": dict(optimizer or {}),
-             "scheduler": dict(scheduler or {}), "loss_weights": dict(loss_weights or {}),
-             "pictures": bool(pictures), "picture_passage": int(picture_passage)})
-        for key, weight in self.hparams.loss_weights.items():
-            if not isinstance(weight, int | float) or weight < 0 or not math.isfinite(weight):
-                raise ValueError(f"model.loss_weights.{key} must be a finite number >= 0, got {weight!r}")
+        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights,
+                         pictures=bool(pictures), picture_passage=int(picture_passage))
         self.net = build_coordinate_arch(arch, self.hparams.arch_config)
-        self.tokens_seen = 0  # characters trained on (TokenBudget reads it as a char budget)
-        self.flops_per_batch: int | None = None
+        # tokens_seen counts characters here (TokenBudget reads it as a character budget)
         self.charset: list[str] | None = None  # the vocabulary, saved with every checkpoint
         self.book_titles: list[str] = []
         self.book_lengths: list[int] = []
-        self._rng_to_restore: dict | None = None
         n = self.net.config.num_books
         self.val_recon = BookReconstruction(n)
         self.test_recon = BookReconstruction(n)
@@ -158,28 +146,13 @@ class CoordinateDecoder(TrainingRecipe, L.LightningModule):
                 depth: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.net(coords, book_id, depth=depth)
 
-    def _check_terms(self, aux: Mapping[str, torch.Tensor]) -> None:
-        weights = self.hparams.loss_weights
-        missing, unused = sorted(set(aux) - set(weights)), sorted(set(weights) - set(aux))
-        if missing or unused:
-            raise ValueError(
-                f"architecture {self.hparams.arch!r} returns loss terms {sorted(aux)} but "
-                f"model.loss_weights has {sorted(weights)}: "
-                + (f"add a weight for {missing}" if missing else f"remove {unused}"))
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         depth = self.net.active_depth(self.global_step)
         logits, aux = self.net(batch["coords"], batch["book_id"], depth=depth)
-        self._check_terms(aux)
         ce = F.cross_entropy(logits.float(), batch["targets"])
-        total = ce
-        for key, term in aux.items():
-            total = total + self.hparams.loss_weights[key] * term
-            self.log(f"train/loss_{key}", term, on_step=True)
+        total = self.total_loss(ce, self.weighted_aux(aux))
         self.tokens_seen += batch["targets"].numel() * self.trainer.world_size
         acc = (logits.argmax(-1) == batch["targets"]).float().mean()
-        self.log("train/loss", total, on_step=True, prog_bar=True)
-        self.log("train/loss_ce", ce, on_step=True)
         self.log("train/char_acc", acc, on_step=True)
         self.log("train/depth", float(depth), on_step=True)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)

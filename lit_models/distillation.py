@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lhp.config_check import to_plain
 from lit_models.archs import TeacherSignal
 from lit_models.archs.indra import masked_mean, teacher_targets
-from lit_models.language_model import IGNORE_INDEX, LanguageModel, _plain
+from lit_models.language_model import IGNORE_INDEX, LanguageModel
 
 KD_DEFAULTS: dict[str, float] = {"temperature": 2.0, "weight": 0.05, "phase_weight": 1.0,
                                  "mag_weight": 1.0}
@@ -173,7 +174,7 @@ class DistillationModel(LanguageModel):
         kd: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(arch, arch_config, optimizer, scheduler, loss_weights)
-        teacher, kd = _plain(teacher), _plain(kd)
+        teacher, kd = to_plain(teacher), to_plain(kd)
         unknown = sorted(set(kd or {}) - set(KD_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in model.kd; expected some of {sorted(KD_DEFAULTS)}")

@@ -10,10 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics import SumMetric
 from torchmetrics.text import Perplexity
 
@@ -23,12 +21,7 @@ from lit_models.recipe import TrainingRecipe
 IGNORE_INDEX = -100
 
 
-def _plain(value: Any) -> Any:
-    """Hydra hands over DictConfigs; checkpoints must hold plain Python containers."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
-class LanguageModel(TrainingRecipe, L.LightningModule):
+class LanguageModel(TrainingRecipe):
     """Causal LM recipe. Loss = CE + sum_k loss_weights[k] * term_k (terms from the arch).
 
     Args:
@@ -47,21 +40,8 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
-        super().__init__()
-        arch_config, optimizer, scheduler, loss_weights = map(
-            _plain, (arch_config, optimizer, scheduler, loss_weights)
-        )
-        self.save_hyperparameters(
-            {"arch": arch, "arch_config": dict(arch_config), "optimizer": dict(optimizer or {}),
-             "scheduler": dict(scheduler or {}), "loss_weights": dict(loss_weights or {})}
-        )
-        for key, weight in self.hparams.loss_weights.items():
-            if not isinstance(weight, int | float) or weight < 0 or not math.isfinite(weight):
-                raise ValueError(f"model.loss_weights.{key} must be a finite number >= 0, got {weight!r}")
+        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights)
         self.net = build_arch(arch, self.hparams.arch_config)
-        self.tokens_seen = 0
-        self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
-        self._rng_to_restore: dict | None = None
         self.eval_sets: list[str] = []
         self.eval_stats: dict = {}
         # characters per token id (from the datamodule's tokenizer), for bits per character
@@ -118,16 +98,6 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
         )
         return logits, ce, aux
 
-    def _check_terms(self, aux: Mapping[str, torch.Tensor]) -> None:
-        weights = self.hparams.loss_weights
-        missing, unused = sorted(set(aux) - set(weights)), sorted(set(weights) - set(aux))
-        if missing or unused:
-            raise ValueError(
-                f"architecture {self.hparams.arch!r} returns loss terms {sorted(aux)} but "
-                f"model.loss_weights has {sorted(weights)}: "
-                + (f"add a weight for {missing}" if missing else f"remove {unused}")
-            )
-
     def teacher_signal(self, batch: Mapping[str, torch.Tensor]) -> TeacherSignal | None:
         """A teacher's view of ``batch``, passed to the architecture in training (none here;
         the distillation recipe's teacher)."""
@@ -138,38 +108,15 @@ class LanguageModel(TrainingRecipe, L.LightningModule):
                        ) -> dict[str, tuple[float, torch.Tensor]]:
         """``{name: (weight, term)}`` added to the CE: the architecture's terms with
         ``model.loss_weights`` (the distillation recipe weights its teacher terms itself)."""
-        self._check_terms(aux)
-        return {k: (self.hparams.loss_weights[k], term) for k, term in aux.items()}
-
-    def _check_finite(self, terms: Mapping[str, tuple[float, torch.Tensor]]) -> None:
-        """Stop on a NaN/inf regularizer term before it reaches the weights (one device sync).
-
-        Raising here leaves every checkpoint already written (last.ckpt included) untouched.
-        """
-        if not terms or bool(torch.isfinite(torch.cat(
-                [term.detach().float().reshape(-1) for _, term in terms.values()])).all()):
-            return
-        bad = [k for k, (_, term) in terms.items() if not bool(torch.isfinite(term).all())]
-        raise FloatingPointError(
-            f"loss term(s) {bad} of architecture {self.hparams.arch!r} are not finite at step "
-            f"{self.global_step}: training stopped before the optimizer step; checkpoints "
-            "already written are kept (resume from last.ckpt, e.g. with a lower lambda or lr)"
-        )
+        return self.weighted_aux(aux)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         teacher = self.teacher_signal(batch)
         logits, ce, aux = self._loss(batch, teacher)
-        weighted = self.weighted_terms(batch, logits, aux, teacher)
-        self._check_finite(weighted)
-        total = ce
-        for key, (weight, term) in weighted.items():
-            total = total + weight * term
-            self.log(f"train/loss_{key}", term, on_step=True)
+        total = self.total_loss(ce, self.weighted_terms(batch, logits, aux, teacher))
         mask = batch.get("attention_mask")
         n_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.tokens_seen += n_tokens * self.trainer.world_size
-        self.log("train/loss", total, on_step=True, prog_bar=True)
-        self.log("train/loss_ce", ce, on_step=True)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)
         return total
 

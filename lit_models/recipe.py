@@ -1,22 +1,27 @@
-"""What every platform LightningModule shares: AdamW + warmup-cosine from its hparams, and
-exact resume (tokens seen and RNG states travel in the checkpoint).
+"""What every platform LightningModule shares, as one base class.
 
-A recipe subclasses ``TrainingRecipe`` (before ``L.LightningModule`` in the bases), sets
-``self.net``, ``self.tokens_seen = 0`` and ``self._rng_to_restore = None`` in ``__init__``, and
-stores ``optimizer`` / ``scheduler`` dicts in its hparams; ``OPTIMIZER_DEFAULTS`` fills keys the
-config leaves out.
+``TrainingRecipe.__init__`` saves the hyper-parameters as plain values (so checkpoints load with
+``load_from_checkpoint`` and without Hydra), checks the regularizer weights, and sets the resume
+state; ``total_loss`` checks every weighted term is finite and sums ``ce + sum_k w_k * term_k``,
+logging ``train/loss_<k>``, ``train/loss_ce`` and ``train/loss``. AdamW + warmup-cosine come from
+the hparams (``OPTIMIZER_DEFAULTS`` fills keys the config leaves out), and exact resume carries
+tokens seen and RNG states in the checkpoint. A recipe sets ``self.net`` after ``super().__init__``.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, ClassVar
 
+import lightning as L
 import numpy as np
 import torch
 
+from lhp.config_check import to_plain
+from lhp.errors import UserError
 from lit_models.optim import build_optimizer, warmup_cosine
 
 
@@ -41,12 +46,81 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-class TrainingRecipe:
-    """Mixin for LightningModules: optimizer/scheduler from hparams and exact-resume hooks."""
+class TrainingRecipe(L.LightningModule):
+    """Base LightningModule: hparams, loss assembly, optimizer/scheduler and exact resume.
+
+    Args:
+        arch: registry name of the architecture.
+        arch_config: plain dict of the architecture's config values.
+        optimizer: AdamW settings ``lr``, ``weight_decay``, ``betas``, ``eps``.
+        scheduler: ``warmup_steps`` and ``min_lr_ratio`` of the warmup + cosine schedule.
+        loss_weights: lambda per regularizer term the architecture returns.
+        **extra: recipe-specific hyper-parameters, saved with the others.
+    """
 
     OPTIMIZER_DEFAULTS: ClassVar[dict[str, Any]] = {
         "lr": 3e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
     SCHEDULER_DEFAULTS: ClassVar[dict[str, Any]] = {"warmup_steps": 100, "min_lr_ratio": 0.1}
+
+    def __init__(self, arch: str, arch_config: Mapping[str, Any],
+                 optimizer: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None,
+                 loss_weights: Mapping[str, float] | None = None, **extra: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {"arch": arch, "arch_config": dict(to_plain(arch_config)),
+             "optimizer": dict(to_plain(optimizer) or {}), "scheduler": dict(to_plain(scheduler) or {}),
+             "loss_weights": dict(to_plain(loss_weights) or {}),
+             **{k: to_plain(v) for k, v in extra.items()}})
+        for key, weight in self.hparams.loss_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0 \
+                    or not math.isfinite(weight):
+                raise UserError(f"model.loss_weights.{key} must be a finite number >= 0, got {weight!r}")
+        self.tokens_seen = 0
+        self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
+        self._rng_to_restore: dict | None = None
+
+    # ------------------------------------------------------------------ loss
+    def check_terms(self, aux: Mapping[str, torch.Tensor]) -> None:
+        """The architecture's loss terms and ``model.loss_weights`` name the same keys."""
+        weights = self.hparams.loss_weights
+        missing, unused = sorted(set(aux) - set(weights)), sorted(set(weights) - set(aux))
+        if missing or unused:
+            raise UserError(
+                f"architecture {self.hparams.arch!r} returns loss terms {sorted(aux)} but "
+                f"model.loss_weights has {sorted(weights)}: "
+                + (f"add a weight for {missing}" if missing else f"remove {unused}"))
+
+    def weighted_aux(self, aux: Mapping[str, torch.Tensor]) -> dict[str, tuple[float, torch.Tensor]]:
+        """``{name: (model.loss_weights[name], term)}`` for the architecture's terms."""
+        self.check_terms(aux)
+        return {k: (self.hparams.loss_weights[k], term) for k, term in aux.items()}
+
+    def check_finite(self, terms: Mapping[str, tuple[float, torch.Tensor]]) -> None:
+        """Stop on a NaN/inf regularizer term before it reaches the weights (one device sync).
+
+        Raising here leaves every checkpoint already written (last.ckpt included) untouched.
+        """
+        if not terms or bool(torch.isfinite(torch.cat(
+                [term.detach().float().reshape(-1) for _, term in terms.values()])).all()):
+            return
+        bad = [k for k, (_, term) in terms.items() if not bool(torch.isfinite(term).all())]
+        raise FloatingPointError(
+            f"loss term(s) {bad} of architecture {self.hparams.arch!r} are not finite at step "
+            f"{self.global_step}: training stopped before the optimizer step; checkpoints "
+            "already written are kept (resume from last.ckpt, e.g. with a lower lambda or lr)")
+
+    def total_loss(self, ce: torch.Tensor, terms: Mapping[str, tuple[float, torch.Tensor]]
+                   ) -> torch.Tensor:
+        """``ce + sum_k w_k * term_k``, each term logged as ``train/loss_<k>``."""
+        self.check_finite(terms)
+        total = ce
+        for key, (weight, term) in terms.items():
+            total = total + weight * term
+            self.log(f"train/loss_{key}", term, on_step=True)
+        self.log("train/loss", total, on_step=True, prog_bar=True)
+        self.log("train/loss_ce", ce, on_step=True)
+        return total
 
     def configure_optimizers(self) -> dict:
         opt_cfg = {**self.OPTIMIZER_DEFAULTS, **self.hparams.optimizer}
