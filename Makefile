@@ -6,19 +6,22 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint bench clean
+.PHONY: help install train test test-slow lint check reliability bench clean
 
 help:
 	@echo "make train  - set up .venv and train the default experiment (experiment=smoke, W&B offline)"
 	@echo "make test   - set up .venv and run the test suite (no network)"
+	@echo "make check  - layer contracts (import-linter), ruff, repeated code (pylint duplicate-code)"
+	@echo "make reliability - fuzz corpus summary and kill-test figures"
 	@echo "make test-slow / lint / bench / clean"
 
 install: $(STAMP)
 
 # torch is pinned exactly (pyproject) so pip takes the local CPU wheel, not a multi-GB CUDA build.
+# The hf extra (transformers) is installed too so the Hugging Face tests run.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,hf]'
 	@touch $(STAMP)
 
 train: install
@@ -32,6 +35,17 @@ test-slow: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# What CI runs after the tests (.ci/run): layer contracts, lint, repeated code.
+check: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 \
+		--ignore=tests --score=n lhp datamodules lit_models callbacks experiments
+
+# The reliability figures: fuzz-corpus summary, then the kill-test figures (docs/reliability.md).
+reliability: install
+	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(PY) -m tests.reliability
 
 bench: install
 	$(PY) -m experiments.bench.overhead

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lhp.console import quiet_known_noise
+
+quiet_known_noise()  # before Lightning, W&B or torch print their three known, useless messages
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the apps find their configs both as `python -m experiments.x` and as console
 # scripts (Hydra would resolve a relative path against the package, not the repository).

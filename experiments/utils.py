@@ -119,12 +119,23 @@ def apply_extras(cfg: DictConfig) -> None:
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if extras.get("print_config"):
-        print_config_tree(cfg, save_to=cfg.paths.get("output_dir"))
+        print_config_tree(cfg, save_to=cfg.paths.get("output_dir"), show=_first_job())
+
+
+def _first_job() -> bool:
+    """True outside a multirun and for its first job: a sweep prints its config tree once."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return True
+    hc = HydraConfig.get()
+    return hc.mode != RunMode.MULTIRUN or hc.job.num == 0
 
 
 @rank_zero_only
-def print_config_tree(cfg: DictConfig, save_to: str | None = None) -> None:
-    """Print the resolved config as a rich tree (and save it next to the run)."""
+def print_config_tree(cfg: DictConfig, save_to: str | None = None, show: bool = True) -> None:
+    """Print the resolved config as a rich tree (if ``show``) and save it next to the run."""
     import rich
     import rich.syntax
     import rich.tree
@@ -136,7 +147,8 @@ def print_config_tree(cfg: DictConfig, save_to: str | None = None) -> None:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(key, style="dim", guide_style="dim").add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+    if show:
+        rich.print(tree)
     if save_to:
         Path(save_to).mkdir(parents=True, exist_ok=True)
         with open(Path(save_to) / "config_tree.log", "w") as fh:

@@ -201,7 +201,12 @@ class StatefulEmbedder:
     @classmethod
     def from_hf(cls, path: str | Path, **kwargs: Any) -> StatefulEmbedder:
         """A Hugging Face causal LM saved in a local directory (``save_pretrained``)."""
-        from transformers import AutoModelForCausalLM
+        try:
+            from transformers import AutoModelForCausalLM
+        except ModuleNotFoundError as err:
+            from lhp.errors import UserError
+            raise UserError("StatefulEmbedder.from_hf needs transformers, the optional 'hf' extra: "
+                            "pip install -e '.[hf]'") from err
 
         path = Path(path)
         if not (path / "config.json").is_file():

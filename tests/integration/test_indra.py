@@ -133,7 +133,8 @@ def test_missing_teacher_is_named(data_dir: Path, tmp_path: Path) -> None:
 
 def _hf_teacher(path: Path, tokenizer_spec: dict, vocab_size: int, with_tokenizer: bool = True) -> Path:
     """A randomly initialised GPT-2 saved like a Hugging Face download (nothing downloaded)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = pytest.importorskip("transformers", reason="needs the optional 'hf' extra: pip install -e '.[hf]'")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2)

@@ -10,6 +10,7 @@ import pytest
 
 from experiments.tcs_stream import tcs_stream
 from experiments.train import train
+from lhp.errors import UserError
 from lit_models.embedder import StatefulEmbedder
 from tests.conftest import REPO, compose_config
 
@@ -56,7 +57,8 @@ def test_stream_on_platform_checkpoint(tiny_ckpt: Path, text_file: Path, tmp_pat
 
 def test_stream_on_hf_model_with_char_fallback(tmp_path: Path, text_file: Path) -> None:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = pytest.importorskip("transformers", reason="needs the optional 'hf' extra: pip install -e '.[hf]'")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=16, n_layer=2, n_head=2,
@@ -72,7 +74,7 @@ def test_stream_on_hf_model_with_char_fallback(tmp_path: Path, text_file: Path) 
 @pytest.mark.parametrize("overrides, error, match", [
     ([], ValueError, "exactly one of ckpt_path"),
     (["ckpt_path=a.ckpt", "hf_path=b"], ValueError, "exactly one of ckpt_path"),
-    (["hf_path=/nonexistent"], FileNotFoundError, "text_path"),
+    (["hf_path=/nonexistent"], UserError, "text_path"),
 ])
 def test_bad_inputs_are_named(tmp_path: Path, overrides: list[str], error: type,
                               match: str) -> None:

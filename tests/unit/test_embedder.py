@@ -158,7 +158,8 @@ def test_platform_checkpoint_without_tokenizer_uses_char_fallback(tmp_path) -> N
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = pytest.importorskip("transformers", reason="needs the optional 'hf' extra: pip install -e '.[hf]'")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=400, n_positions=64, n_embd=32, n_layer=2, n_head=2,
