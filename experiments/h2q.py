@@ -1,15 +1,16 @@
 """H2Q tools: quaternion-structure a checkpoint into the SQLite weight store, and inspect it.
 
-    python -m experiments.h2q structure  <ckpt> <out.db> [--dir-bits 12 --norm-bits 4 | --raw]
-    python -m experiments.h2q load-layer <db> <layer> [--out layer.safetensors]
-    python -m experiments.h2q analyse    <ckpt|db|safetensors> [--layer NAME] [--json]
-    python -m experiments.h2q validate   <ckpt|db|safetensors> [--layer NAME] [--dir-bits ...]
-    python -m experiments.h2q stats      <db>
-    python -m experiments.h2q verify     <db>
-    python -m experiments.h2q export     <db> <out.safetensors>
+    lhp h2q structure  <ckpt> <out.db> [--dir-bits 12 --norm-bits 4 | --raw]
+    lhp h2q load-layer <db> <layer> [--out layer.safetensors]
+    lhp h2q analyse    <ckpt|db|safetensors> [--layer NAME] [--json]
+    lhp h2q validate   <ckpt|db|safetensors> [--layer NAME] [--dir-bits ...]
+    lhp h2q stats      <db>
+    lhp h2q verify     <db>
+    lhp h2q export     <db> <out.safetensors>
 
-A checkpoint is any file ``lit_models.checkpoints.load_checkpoint`` reads (torch.save or SQLite
-CheckpointIO files); its ``state_dict`` is used. ``analyse`` prints the fingerprints of
+(``python -m experiments.h2q ...`` is the same.) A checkpoint is any file
+``lit_models.checkpoints.load_checkpoint`` reads (torch.save or SQLite CheckpointIO files); its
+``state_dict`` is used. ``analyse`` prints the fingerprints of
 ``lit_models.compression.fingerprints`` (spectrum, norms, S^3 statistics; no knot polynomials,
 see that module). ``validate`` checks the exact round trips and reports the codec's error.
 """
@@ -126,7 +127,7 @@ def cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_verify(args: argparse.Namespace) -> int:
     with WeightStore(args.db, "r") as store:
         n = store.verify()
-    print(f"{args.db}: all {n} chunks pass their SHA-256 check")
+    print(f"{args.db}: all {n} chunks pass their {store.checksum} check")
     return n
 
 
@@ -138,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.h2q", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def codec_args(p: argparse.ArgumentParser) -> None:
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     codec_args(p)
     p.set_defaults(fn=cmd_validate)
     for name, fn, text in (("stats", cmd_stats, "database statistics"),
-                           ("verify", cmd_verify, "check every chunk's SHA-256")):
+                           ("verify", cmd_verify, "check every chunk's checksum")):
         p = sub.add_parser(name, help=text)
         p.add_argument("db")
         p.set_defaults(fn=fn)

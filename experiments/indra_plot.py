@@ -1,11 +1,11 @@
 """Training monitor of IndraQuantum runs (the write-up's notebook) as one PNG, offline:
 
-    python -m experiments.indra_plot logs/study/indra_kd_seeds/full_recipe/seed1 [more runs...]
+    lhp indra-plot logs/study/indra_kd_seeds/full_recipe/seed1 [more runs...]
         [--out indra_monitor.png] [--smooth 20]
 
-Each argument is a run directory (its ``csv/version_*/metrics.csv``, every version, so resumed
-runs plot whole) or a ``metrics.csv``. Panels: total loss (train, and val where logged); CE vs
-KD (with the curriculum's ``kd/weight``); phase/magnitude stability (the student's mean
+(or ``python -m experiments.indra_plot ...``). Each argument is a run directory (its
+``csv/version_*/metrics.csv``, every version, so resumed runs plot whole) or a ``metrics.csv``.
+Panels: total loss (train, and val where logged); CE vs KD (with the curriculum's ``kd/weight``); phase/magnitude stability (the student's mean
 magnitude salience and phase dispersion against the teacher's confidence and normalised
 entropy they are aligned to); the phase/magnitude alignment losses. Several runs overlay.
 """
@@ -120,7 +120,7 @@ def plot(runs: dict[str, Series], out: Path, window: int = 20) -> Path:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.indra_plot", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories or metrics.csv files")
     parser.add_argument("--out", type=Path, default=Path("indra_monitor.png"))

@@ -1,11 +1,13 @@
 """Run a study: every variant x seed of one experiment, one training subprocess each, resumably.
 
-    python -m experiments.study smoke_seeds                  # conf/study/smoke_seeds.yaml
-    python -m experiments.study smoke_seeds seeds=[1,2,3] token_budget=100000
-    python -m experiments.study smoke_seeds -- logger=csv    # extra train overrides for every run
-    python -m experiments.study smoke_seeds --aggregate-only # only (re)write summary.md/.csv
-    python -m experiments.study smoke_seeds --dry-run        # validate and print the commands
-    python -m experiments.study --list
+    lhp study smoke_seeds                  # conf/study/smoke_seeds.yaml
+    lhp study smoke_seeds seeds=[1,2,3] token_budget=100000
+    lhp study smoke_seeds -- logger=csv    # extra train overrides for every run
+    lhp study smoke_seeds --aggregate-only # only (re)write summary.md/.csv
+    lhp study smoke_seeds --dry-run        # validate and print the commands
+    lhp study --list
+
+(``python -m experiments.study ...`` is the same.)
 
 A study file (``conf/study/<name>.yaml``, or any ``path.yaml``) names a base ``experiment``,
 ``common`` overrides, a ``token_budget``, ``seeds`` and ``variants``; ``key=value`` arguments
@@ -40,8 +42,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.progress import track
 
 from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
@@ -173,8 +177,8 @@ def load_study(name: str, overrides: list[str] | tuple[str, ...] = (),
     file = find_study_file(name)
     try:
         cfg = OmegaConf.load(file)
-    except (OmegaConfBaseException, ValueError, OSError) as err:  # yaml errors are ValueErrors
-        raise StudyError(f"{file}: cannot read: {err}") from err
+    except (OmegaConfBaseException, ValueError, OSError, yaml.YAMLError) as err:
+        raise StudyError(f"{file}: cannot read: {' '.join(str(err).split())}") from err
     if not isinstance(cfg, DictConfig):
         raise StudyError(f"{file}: must be a mapping of {', '.join(KEYS)}")
     unknown = [k for k in cfg if k not in KEYS]
@@ -441,7 +445,8 @@ def run_study(study: Study) -> int:
     started = time.perf_counter()
     current = None
     try:
-        for i, run in enumerate(runs, 1):
+        for i, run in enumerate(track(runs, description=f"study {study.name}", transient=True,
+                                      disable=not sys.stdout.isatty()), 1):
             current = run
             if run_one(study, run, f"[{i}/{len(runs)}]", started) == "failed":
                 failed.append(run)
@@ -562,11 +567,10 @@ def aggregate(study: Study, echo: bool = True) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.study",
         description="Run every variant x seed of a study (conf/study/<name>.yaml), resumably, "
                     "and summarize mean ± std per variant.",
         epilog="Train overrides for every run go after `--`, e.g. "
-               "`python -m experiments.study smoke_seeds -- logger=csv trainer=gpu`.")
+               "`lhp study smoke_seeds -- logger=csv trainer=gpu`.")
     parser.add_argument("study", nargs="?", help="study name in conf/study/, or a path to a .yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override study keys, e.g. seeds=[1,2] token_budget=50000 "

@@ -1,6 +1,8 @@
 """Do Betti events mark structure? A boundary study of the TCS claim, with two controls.
 
-    python -m experiments.tcs_boundary --ckpt <trained .ckpt> [--seeds 0 1 2] [--out results.json]
+    lhp tcs-boundary --ckpt <trained .ckpt> [--seeds 0 1 2] [--out results.json]
+
+(``python -m experiments.tcs_boundary ...`` is the same.)
 
 Text: ``--segments`` (30) segments of about ``--segment-chars`` (2,000) characters, each cut at
 line boundaries from a random place of one of four sources (the three books of
@@ -42,12 +44,14 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from experiments import REPO_ROOT
 from lhp.errors import entry_point
@@ -291,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
 def _main(args: argparse.Namespace) -> dict:
     sources = load_sources(args.data_dir)
     embedder = StatefulEmbedder.from_checkpoint(args.ckpt, layer=args.layer)
-    runs = [study(embedder, sources, seed, args) for seed in args.seeds]
+    runs = [study(embedder, sources, seed, args)
+            for seed in track(args.seeds, description="boundary study seeds", transient=True,
+                              disable=not sys.stdout.isatty())]
     out = {"ckpt": str(args.ckpt), "layer": embedder.layer_name,
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "runs": runs}

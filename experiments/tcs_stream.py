@@ -1,4 +1,6 @@
-"""TCS streaming over a text file: ``python -m experiments.tcs_stream ckpt_path=... text_path=...``.
+"""TCS streaming over a text file: ``lhp tcs-stream ckpt_path=... text_path=...``.
+
+(``python -m experiments.tcs_stream ...`` and ``lhp-tcs-stream`` are the same Hydra app.)
 
 The text is fed to a ``StatefulEmbedder`` (KV cache, windowed eviction) ``text_chunk_chars``
 characters at a time; each chunk's hidden states go to a ``StreamingAnalyzer`` (sliding-window
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -23,6 +26,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import track
 
 from experiments import CONFIG_DIR
 from experiments.utils import apply_extras, instantiate_group, task_wrapper, wandb_loggers
@@ -153,7 +157,9 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     embed_s = topo_s = 0.0
     start = time.perf_counter()
     step = cfg.text_chunk_chars
-    for i in range(0, len(text) + step, step):  # the last round flushes the held-back text
+    chunks = range(0, len(text) + step, step)  # the last round flushes the held-back text
+    for i in track(chunks, description="streaming chunks", transient=True,
+                   disable=not sys.stdout.isatty()):
         t0 = time.perf_counter()
         out = embedder.feed(text[i:i + step]) if i < len(text) else embedder.flush()
         t1 = time.perf_counter()

@@ -221,12 +221,15 @@ def evaluate_text(net: FractalDecoder, ids: torch.Tensor, *, book_index: int | N
 
 def fit_key(net: FractalDecoder, ids: torch.Tensor, *, steps: int = 2000, lr: float = 1e-2,
             batch_size: int = 4096, seed: int = 0, init: torch.Tensor | None = None,
-            min_lr_ratio: float = 0.1) -> tuple[torch.Tensor, list[float]]:
+            min_lr_ratio: float = 0.1, progress: bool = False) -> tuple[torch.Tensor, list[float]]:
     """Train only a new key z for the book ``ids`` against the frozen core ``net``.
 
     Every core parameter has ``requires_grad=False`` and only ``z`` is given to the optimizer
-    (Adam, cosine decay), so the core is bitwise unchanged. Returns ``(z, losses)``.
+    (Adam, cosine decay), so the core is bitwise unchanged. ``progress`` shows a progress bar
+    with ETA over the steps. Returns ``(z, losses)``.
     """
+    from rich.progress import track
+
     key_dim = net.config.key_dim
     if not key_dim:
         raise AtlasError("this core has no key (key_dim=0): a new book cannot be added by a key")
@@ -244,7 +247,7 @@ def fit_key(net: FractalDecoder, ids: torch.Tensor, *, steps: int = 2000, lr: fl
     gen = torch.Generator().manual_seed(seed)
     coords, targets = positions(len(ids)), ids.long()
     losses = []
-    for _ in range(steps):
+    for _ in track(range(steps), description="fitting key", disable=not progress, transient=True):
         idx = torch.randint(len(ids), (min(batch_size, len(ids)),), generator=gen)
         logits, _ = net(coords[idx].to(device), z=z)
         loss = F.cross_entropy(logits.float(), targets[idx].to(device))

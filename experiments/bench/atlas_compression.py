@@ -1,12 +1,12 @@
 """Two-part code of the Fractal Atlas against gzip/bzip2/xz/zstd, on the same bytes, in one run.
 
-    python -m experiments.bench.atlas_compression                      # trains experiment=fractal_atlas
-    python -m experiments.bench.atlas_compression --library LIB        # an existing library
-    python -m experiments.bench.atlas_compression --out DIR -- trainer.max_steps=2000  # overrides
+    lhp bench atlas_compression                      # trains experiment=fractal_atlas
+    lhp bench atlas_compression --library LIB        # an existing library
+    lhp bench atlas_compression --out DIR -- trainer.max_steps=2000  # overrides
 
 Without ``--library`` it trains a master core on alice (whole) + the first 100,000 characters
 of tinyshakespeare and pride_and_prejudice (``experiment=fractal_atlas``, one key per book)
-via ``experiments.atlas train-core``. Then for every book of the library:
+via ``lhp atlas train-core``. Then for every book of the library:
 
 - the exact text the core was trained on is written to ``<out>/books/<id>.txt`` and compressed
   with ``gzip -9``, ``bzip2 -9``, ``xz -9e`` (Python's gzip/bz2/lzma) and ``zstd -19``
@@ -21,15 +21,15 @@ Sizes are the sizes of the files written. Bits per character:
 library) and ``alone = 8 (core + key + residual) / chars`` (a library of this one book);
 ``ideal`` is sum(-log2 p) / chars of the same model without any coder overhead.
 The last line is the figure: the atlas (int8 core) against the best general-purpose compressor.
+Files go to ``--out`` (a directory; default ``logs/bench/atlas_compression_<time>``), the report
+to ``<out>/report.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import lzma
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from datamodules.book_coords import read_book
-from experiments import REPO_ROOT, split_passthrough
+from experiments.bench import common
+from lhp.errors import entry_point
 from lit_models.atlas import (
     AtlasLibrary,
     core_state,
@@ -50,6 +51,15 @@ from lit_models.atlas import (
     save_key_file,
     text_sha256,
 )
+from lit_models.atlas_workflow import train_core
+
+COMPRESSORS = ("gzip -9", "bzip2 -9", "xz -9e", "zstd -19")
+COLUMNS = [("book", "book", ""), ("chars", "chars", ",d"), ("key_bytes", "key B", "d"),
+           *((key, header, ".3f") for key, header in (
+               ("residual_bpc_fp16", "resid fp16"), ("ideal_fp16", "ideal fp16"),
+               ("atlas_fp16", "atlas fp16"), ("alone_fp16", "alone fp16"),
+               ("residual_bpc_int8", "resid int8"), ("atlas_int8", "atlas int8"),
+               ("alone_int8", "alone int8"), *((c, c) for c in COMPRESSORS)))]
 
 
 def general_compressors(data: bytes) -> dict[str, int]:
@@ -106,7 +116,9 @@ def code_book(core_file: Path, key_file: Path, ids: torch.Tensor, residual_file:
             "encode_s": encode_s, "decode_s": decode_s}
 
 
-def run(lib: AtlasLibrary, out: Path, batch_size: int = 8192) -> list[dict[str, Any]]:
+def run(lib: AtlasLibrary, out: Path, batch_size: int = 8192,
+        report_to: Path | None = None) -> list[dict[str, Any]]:
+    """Code every book of ``lib`` (files under ``out``); the report to ``report_to`` (default ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "books").mkdir(exist_ok=True)
     (out / "keys").mkdir(exist_ok=True)
@@ -116,7 +128,7 @@ def run(lib: AtlasLibrary, out: Path, batch_size: int = 8192) -> list[dict[str, 
     _, vocab = lib.load_core()
     books = lib.books()
     rows = []
-    for entry in books:
+    for entry in common.progress(books, "coding books"):
         text = read_book(entry["source"], entry["n_chars"])
         if text_sha256(text) != entry["sha256"]:
             raise RuntimeError(f"{entry['source']}: text differs from the one in the library index")
@@ -142,63 +154,53 @@ def run(lib: AtlasLibrary, out: Path, batch_size: int = 8192) -> list[dict[str, 
         for name, size in general_compressors(raw).items():
             row[name] = 8 * size / n
         rows.append(row)
-    report(rows, core_bytes, lib, out)
+    summarize(rows, core_bytes, lib, out, report_to or out)
     return rows
 
 
-def report(rows: list[dict[str, Any]], core_bytes: dict[str, int], lib: AtlasLibrary, out: Path) -> None:
+def summarize(rows: list[dict[str, Any]], core_bytes: dict[str, int], lib: AtlasLibrary,
+              out: Path, report_to: Path) -> None:
+    """The table, and the pooled atlas (int8 core) against the best compressor as the last line."""
     core = lib.index()["core"]
-    print(f"\nlibrary {lib.root}: {core['params']:,} core params; core files fp16 "
-          f"{core_bytes['fp16']:,} B, int8 {core_bytes['int8']:,} B, shared by {len(rows)} book(s); "
-          f"files in {out}")
-    print("bits per character (sizes of the files written; decoded back to the identical text)\n")
-    head = ["book", "chars", "key B", "resid fp16", "ideal fp16", "atlas fp16", "alone fp16",
-            "resid int8", "atlas int8", "alone int8", "gzip -9", "bzip2 -9", "xz -9e", "zstd -19"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-    for r in rows:
-        cells = [r["book"], f"{r['chars']:,}", str(r["key_bytes"])] + [
-            f"{r[k]:.3f}" for k in ("residual_bpc_fp16", "ideal_fp16", "atlas_fp16", "alone_fp16",
-                                    "residual_bpc_int8", "atlas_int8", "alone_int8",
-                                    "gzip -9", "bzip2 -9", "xz -9e", "zstd -19")]
-        print("| " + " | ".join(cells) + " |")
     total = sum(r["chars"] for r in rows)
 
     def pooled(key: str) -> float:
         return sum(r[key] * r["chars"] for r in rows) / total
 
-    best = min(("gzip -9", "bzip2 -9", "xz -9e", "zstd -19"), key=pooled)
+    best = min(COMPRESSORS, key=pooled)
     atlas = pooled("atlas_int8")
     verdict = "beats" if atlas < pooled(best) else "does NOT beat"
-    print(f"\nall {len(rows)} book(s), {total:,} chars: atlas (int8 core shared + keys + residual) "
-          f"{atlas:.3f} bpc (fp16 core: {pooled('atlas_fp16'):.3f}; ideal residual alone "
-          f"{pooled('ideal_fp16'):.3f}) vs {best} {pooled(best):.3f} bpc: the atlas {verdict} {best}")
+    print(f"\nlibrary {lib.root}: {core['params']:,} core params; core files fp16 "
+          f"{core_bytes['fp16']:,} B, int8 {core_bytes['int8']:,} B, shared by {len(rows)} book(s); "
+          f"files in {out}")
+    print("bits per character (sizes of the files written; decoded back to the identical text)")
+    common.report(rows, f"all {len(rows)} book(s), {total:,} chars: atlas (int8 core shared + keys + residual) "
+                        f"{atlas:.3f} bpc (fp16 core: {pooled('atlas_fp16'):.3f}; ideal residual alone "
+                        f"{pooled('ideal_fp16'):.3f}) vs {best} {pooled(best):.3f} bpc: the atlas {verdict} {best}",
+                  report_to, columns=COLUMNS, meta={"library": str(lib.root), "core_bytes": core_bytes})
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    argv, overrides = split_passthrough(argv)
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench.atlas_compression",
-                                     description=__doc__.split("\n\n")[0])
+    parser = common.bench_parser(__doc__.split("\n\n")[0], overrides=True)
     parser.add_argument("--library", help="existing atlas library (default: train one)")
-    parser.add_argument("--out", help="output directory (default logs/bench/atlas_compression_<time>)")
     parser.add_argument("--experiment", default="fractal_atlas",
                         help="experiment used to train the core when no --library is given")
     parser.add_argument("--batch-size", type=int, default=8192, help="positions per forward pass")
-    args = parser.parse_args(argv)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    out = Path(args.out) if args.out else REPO_ROOT / "logs" / "bench" / f"atlas_compression_{stamp}"
+    args = common.parse_args(parser, argv)
+    out = common.out_dir(args.out, "atlas_compression")
     if args.library:
         lib = AtlasLibrary(args.library)
     else:
-        from experiments.atlas import train_core
         from experiments.utils import compose_config
 
-        cfg = compose_config("train", [f"experiment={args.experiment}", *overrides], out / "train")
-        lib, _ = train_core(out / "library", list(cfg.data.books), list(cfg.data.titles or []) or None,
-                            None, args.experiment, overrides, out / "train")
-    run(lib, out, args.batch_size)
+        cfg = compose_config("train", [f"experiment={args.experiment}", *args.overrides], out / "train")
+        lib, _ = train_core(out / "library", list(cfg.data.books), train_fn=common.train_run,
+                            run_dir=out / "train", titles=list(cfg.data.titles or []) or None,
+                            experiment=args.experiment, overrides=args.overrides)
+    run(lib, out, args.batch_size, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,6 +1,6 @@
 """Size against quality: WikiText-2 validation word-level perplexity against bytes on disk.
 
-    python -m experiments.bench.h2q_pareto [--ckpt PATH] [--phm-ckpt PATH]
+    lhp bench h2q_pareto [--ckpt PATH] [--phm-ckpt PATH]
         [--methods fp32,fp16,int8,...] [--limit-val-batches N] [--out results.json]
 
 Every variant of the trained GPT is written to a safetensors file (codes, scales, codebooks,
@@ -24,7 +24,6 @@ N batches only (word counts pro rata, as the platform does). The last line is th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -38,7 +37,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from experiments import REPO_ROOT
+from experiments.bench import common
+from lhp.errors import UserError, entry_point
 from lit_models.checkpoints import (
     build_stored_datamodule,
     load_checkpoint,
@@ -52,18 +52,10 @@ from lit_models.compression.store import storage_key
 
 DEFAULT_METHODS = ("fp32,fp16,int8,int4,int3,svd128,svd64,svd16,svd12,"
                    "quat12+4,quat10+6,quat8+4,quat6+2,quat2+1")
-CANDIDATES = ("logs/study/gpt_wikitext2_seeds/gpt/seed1/checkpoints/last.ckpt",
-              "logs/train/gpt_wikitext2/*/checkpoints/last.ckpt")
 MIN_NUMEL = 1024
-
-
-def default_checkpoint() -> Path | None:
-    """The newest trained gpt_wikitext2 checkpoint (study seed 1 first, then plain runs)."""
-    for pattern in CANDIDATES:
-        found = sorted(REPO_ROOT.glob(pattern), key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
-    return None
+COLUMNS = [("model", "model", ""), ("method", "method", ""), ("mb", "MB", ".3f"),
+           ("vs_fp32", "vs fp32", ".1f"), ("bits_per_param", "bits/param", ".2f"),
+           ("word_ppl", "word ppl", ".2f"), ("seconds", "s", ".0f"), ("note", "note", "")]
 
 
 def codec_for(method: str) -> tuple[Callable[[torch.Tensor, str], Encoded] | None, torch.dtype]:
@@ -79,7 +71,7 @@ def codec_for(method: str) -> tuple[Callable[[torch.Tensor, str], Encoded] | Non
     if method.startswith("quat"):
         dir_bits, norm_bits = (int(b) for b in method[4:].split("+"))
         return QuaternionCodec(dir_bits, norm_bits).encode, torch.float16
-    raise ValueError(f"unknown method {method!r}; expected fp32, fp16, int<k>, svd<r>, quat<d>+<g>")
+    raise UserError(f"unknown method {method!r}; expected fp32, fp16, int<k>, svd<r>, quat<d>+<g>")
 
 
 def write_variant(state: dict[str, torch.Tensor], method: str, path: Path) -> dict[str, Any]:
@@ -168,8 +160,7 @@ def run(ckpt: Path, methods: list[str], limit: int | None, phm_ckpt: Path | None
         phm_methods: tuple[str, ...] = ("fp32", "fp16")) -> list[dict[str, Any]]:
     ev = Evaluator(ckpt, limit)
     rows = []
-    fp32_bytes = None
-    for method in methods:
+    for method in common.progress(methods, "h2q variants"):
         t0 = time.perf_counter()
         path = workdir / f"{method}.safetensors"
         threads = torch.get_num_threads()
@@ -179,37 +170,24 @@ def run(ckpt: Path, methods: list[str], limit: int | None, phm_ckpt: Path | None
         finally:
             torch.set_num_threads(threads)
         size = path.stat().st_size
-        fp32_bytes = fp32_bytes or (size if method == "fp32" else None)
         ppl = ev.word_ppl(read_variant(path))
         rows.append({"model": "gpt", "method": method, "bytes": size, "params": ev.n_params,
                      "bits_per_param": 8 * size / ev.n_params, "word_ppl": ppl,
                      "seconds": time.perf_counter() - t0})
-        print(_row(rows[-1], fp32_bytes), flush=True)
     if phm_ckpt is None or not phm_ckpt.is_file():
         for method in phm_methods:
             rows.append({"model": "phm4", "method": method, "bytes": None, "word_ppl": None,
                          "note": f"not run: no PHM checkpoint ({phm_ckpt or 'pass --phm-ckpt'}); "
-                                 "train it with python -m experiments.train experiment=gpt_wikitext2_phm"})
-            print(_row(rows[-1], fp32_bytes), flush=True)
+                                 "train it with lhp train experiment=gpt_wikitext2_phm"})
         return rows
     phm = Evaluator(phm_ckpt, limit)
-    for method in phm_methods:
+    for method in common.progress(phm_methods, "h2q PHM variants"):
         path = workdir / f"phm-{method}.safetensors"
         write_variant(phm.state, method, path)
         rows.append({"model": "phm4", "method": method, "bytes": path.stat().st_size,
                      "params": phm.n_params, "bits_per_param": 8 * path.stat().st_size / phm.n_params,
                      "word_ppl": phm.word_ppl(read_variant(path))})
-        print(_row(rows[-1], fp32_bytes), flush=True)
     return rows
-
-
-def _row(r: dict[str, Any], fp32_bytes: int | None) -> str:
-    if r["bytes"] is None:
-        return f"{r['model']:5s} {r['method']:9s} {'-':>10s} {'-':>7s} {'-':>7s} {'-':>9s}  {r['note']}"
-    ratio = f"{fp32_bytes / r['bytes']:6.1f}x" if fp32_bytes else "     -"
-    return (f"{r['model']:5s} {r['method']:9s} {r['bytes'] / 1e6:8.3f}MB {ratio} "
-            f"{8 * r['bytes'] / r['params']:6.2f}b {r['word_ppl']:9.2f}"
-            + (f"   ({r['seconds']:.0f} s)" if "seconds" in r else ""))
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -229,8 +207,9 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "h2q_pareto (word ppl): " + head + "; ".join(parts)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.bench_parser(__doc__.split("\n")[0])
     parser.add_argument("--ckpt", type=Path, default=None, help="trained GPT (default: newest gpt_wikitext2)")
     parser.add_argument("--phm-ckpt", type=Path, default=None, help="trained gpt_wikitext2_phm checkpoint")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
@@ -238,30 +217,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="methods applied to the PHM model's own weights")
     parser.add_argument("--limit-val-batches", type=int, default=None,
                         help="evaluate the first N validation batches only (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--compress-threads", type=int, default=None,
                         help="torch threads while compressing (1 on a machine busy with other "
                              "jobs: 2 threads on 2 busy cores ran LAPACK SVDs 20-50x slower here)")
-    args = parser.parse_args(argv)
-    ckpt = args.ckpt or default_checkpoint()
-    if ckpt is None or not ckpt.is_file():
-        raise SystemExit(f"no checkpoint: pass --ckpt (looked for {', '.join(CANDIDATES)})")
+    args = common.parse_args(parser, argv)
+    ckpt = args.ckpt or common.default_checkpoint()
+    if not ckpt.is_file():
+        raise UserError(f"--ckpt {ckpt}: no such checkpoint file")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     phm_methods = tuple(m.strip() for m in args.phm_methods.split(",") if m.strip())
     for m in (*methods, *phm_methods):
         codec_for(m)  # fail on a typo before any work
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    print(f"checkpoint {ckpt}; validation batches: {args.limit_val_batches or 'all'}; "
-          f"threads: {torch.get_num_threads()} (compression: {args.compress_threads or 'same'})")
-    print(f"{'model':5s} {'method':9s} {'bytes':>10s} {'vs fp32':>7s} {'bits/p':>7s} {'word ppl':>9s}")
     with tempfile.TemporaryDirectory(prefix="h2q_pareto-") as tmp:
         rows = run(ckpt, methods, args.limit_val_batches, args.phm_ckpt, Path(tmp),
                    args.compress_threads, phm_methods)
-    if args.out:
-        args.out.write_text(json.dumps({"checkpoint": str(ckpt), "limit_val_batches":
-                                        args.limit_val_batches, "rows": rows}, indent=1))
-    print(summary(rows))
+    fp32 = next((r["bytes"] for r in rows if r["method"] == "fp32" and r["bytes"]), None)
+    shown = [{**r, "mb": r["bytes"] / 1e6 if r["bytes"] else None,
+              "vs_fp32": fp32 / r["bytes"] if fp32 and r["bytes"] else None} for r in rows]
+    common.report(shown, summary(rows), args.out, columns=COLUMNS,
+                  notes=[f"checkpoint {ckpt}; validation batches: {args.limit_val_batches or 'all'}; "
+                         f"threads: {torch.get_num_threads()} (compression: {args.compress_threads or 'same'})"],
+                  meta={"checkpoint": str(ckpt), "limit_val_batches": args.limit_val_batches})
     return rows
 
 

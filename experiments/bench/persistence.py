@@ -1,6 +1,6 @@
 """Topology engine vs direct GUDHI / ripser calls on the same points; the figure is the last line.
 
-    python -m experiments.bench.persistence [--quick] [--repeats 3] [--seed 0]
+    lhp bench persistence [--quick] [--repeats 3] [--seed 0] [--out report.json]
 
 Cases (issue 4): R^8 with 200/500/1000 points up to H1; 3-D alpha with 10k/100k points; H0 of
 1,000,000 points in R^3 (goal < 20 s on 2 cores); H0 in R^64 exactly at 100,000 points and
@@ -19,7 +19,6 @@ engine seconds / fastest direct seconds (the issue's goal: <= 1.10).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -30,6 +29,8 @@ import gudhi
 import numpy as np
 import ripser
 
+from experiments.bench import common
+from lhp.errors import entry_point
 from lit_models.topology import (
     StreamingAnalyzer,
     bottleneck,
@@ -197,35 +198,32 @@ def run_case(case: Case, repeats: int, min_repeat_s: float) -> tuple[list[str], 
     return rows, ratio
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.bench_parser(__doc__.split("\n")[0], repeats=3)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
-    p.add_argument("--repeats", type=int, default=3, help="runs per short call (median)")
     p.add_argument("--min-repeat-s", type=float, default=2.0,
                    help="calls whose first run is shorter than this are repeated")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    args = common.parse_args(p, argv)
     rng = np.random.default_rng(args.seed)
     cases = build_cases(args.quick, rng)
     hd_cases, err_setup = high_dim_cases(args.quick, rng)
     cases += hd_cases
     print(f"{'case':<34} {'call':<34} {'seconds':>9}  note")
-    ratios: list[tuple[float, str]] = []
-    for case in cases:
-        rows, ratio = run_case(case, args.repeats, args.min_repeat_s)
-        print("\n".join(rows), flush=True)
-        if ratio is not None:
-            ratios.append((ratio, case.name))
-    print(f"H0 approximation error (subsample of {err_setup['n_sub']:,} points, R^64):")
-    print("\n".join(approximation_error(err_setup["clouds"])))
-    print("\n".join(streaming_latency(args.quick, rng)))
+    rows: list[dict] = []
+    for case in common.progress(cases, "persistence cases"):
+        lines, ratio = run_case(case, args.repeats, args.min_repeat_s)
+        print("\n".join(lines), flush=True)
+        rows.append({"case": case.name, "engine_s": case.seconds, "ratio": ratio})
     h0_case = next(c for c in cases if c.name.startswith("R^3 n="))
-    print(f"exact H0 of {h0_case.name.split()[1]} points in R^3: {h0_case.seconds:.2f} s "
-          f"(goal < {GOAL_H0_1M_S:.0f} s for 1,000,000)")
-    worst, where = max(ratios)
-    print(f"worst engine/fastest-direct ratio: {worst:.2f} ({where}; goal <= {GOAL_RATIO:.2f})")
+    worst, where = max((r["ratio"], r["case"]) for r in rows if r["ratio"] is not None)
+    common.report(rows, f"worst engine/fastest-direct ratio: {worst:.2f} ({where}; goal <= {GOAL_RATIO:.2f})",
+                  args.out, notes=[
+                      f"H0 approximation error (subsample of {err_setup['n_sub']:,} points, R^64):",
+                      *approximation_error(err_setup["clouds"]), *streaming_latency(args.quick, rng),
+                      f"exact H0 of {h0_case.name.split()[1]} points in R^3: {h0_case.seconds:.2f} s "
+                      f"(goal < {GOAL_H0_1M_S:.0f} s for 1,000,000)"], meta={"worst_ratio": worst})
     return worst
 
 

@@ -2,8 +2,8 @@
 the callback's defaults: every 50 steps, 256 token vectors from each of 2 layers, H0 + H1),
 alternated in one process; the median ratio is the last line.
 
-    python -m experiments.bench.topology_callback [--steps 50] [--warmup 5] [--rounds 2]
-        [--experiment gpt_wikitext2] [--threads N] [--quick] [-- overrides]
+    lhp bench topology_callback [--steps 50] [--warmup 5] [--rounds 2]
+        [--experiment gpt_wikitext2] [--threads N] [--quick] [--out report.json] [-- overrides]
 
 Both sides are the real platform run (``experiments.train.train``: real datamodule, W&B
 offline + CSV loggers, the default callbacks), validation and test switched off; the callback
@@ -26,54 +26,55 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import torch
 from omegaconf import open_dict
 
 from callbacks.topology_metrics import TopologyMetrics, diagram_image
-from experiments.bench.overhead import StepTimer, bare_step
-from experiments.train import train
+from experiments.bench import common
 from experiments.utils import compose_config
+from lhp.errors import entry_point
 from lit_models.optim import build_optimizer
+
+GOAL = "goal <= +5%"
 
 
 def run(out: Path, experiment: str, steps: int, warmup: int, with_callback: bool,
         overrides: list[str]) -> tuple[float, float]:
     """Train ``warmup + steps`` steps; (seconds of the timed steps, callback seconds in them)."""
     cfg = compose_config("train", [
-        f"experiment={experiment}", f"trainer.max_steps={warmup + steps}",
-        "trainer.max_time=null", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-        "test=false", "extras.print_config=false", f"paths.log_dir={out}/logs",
-        *(["callbacks=with_topology"] if with_callback else []), *overrides], out)
+        f"experiment={experiment}", f"trainer.max_steps={warmup + steps}", *common.TIMING_OVERRIDES,
+        f"paths.log_dir={out}/logs", *(["callbacks=with_topology"] if with_callback else []),
+        *overrides], out)
     with open_dict(cfg):
-        cfg.callbacks.step_timer = {"_target_": "experiments.bench.overhead.StepTimer",
-                                    "warmup": warmup}
-    _, objects = train(cfg)
-    timer = next(c for c in objects["callbacks"] if isinstance(c, StepTimer))
+        cfg.callbacks.step_timer = {"_target_": f"{common.StepTimer.__module__}.StepTimer", "warmup": warmup}
+    _, objects = common.train_config(cfg)
+    timer = next(c for c in objects["callbacks"] if isinstance(c, common.StepTimer))
     topo = [c for c in objects["callbacks"] if isinstance(c, TopologyMetrics)]
     return timer.t1 - timer.t0, (topo[0].compute_seconds if topo else 0.0)
 
 
-def quick(out: Path, experiment: str, steps: int, rounds: int, overrides: list[str]) -> None:
-    """The ``--quick`` estimate (see the module docstring)."""
+def quick(out: Path, experiment: str, steps: int, rounds: int, overrides: list[str]
+          ) -> tuple[list[dict], str, list[str], float]:
+    """The ``--quick`` estimate (see the module docstring): (rows, headline, notes, ratio)."""
     cfg = compose_config("train", [f"experiment={experiment}", "callbacks=with_topology",
                                    f"paths.log_dir={out}/logs", *overrides], out)
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = common.fit_datamodule(cfg)
     model = hydra.utils.instantiate(cfg.model, arch_config={"vocab_size": dm.vocab_size},
                                     _convert_="all")
     opt = build_optimizer(model.net, **cfg.model.optimizer)
     cb: TopologyMetrics = hydra.utils.instantiate(cfg.callbacks.topology_metrics, _convert_="all")
     cb.setup(None, model, "fit")
-    cb._set_probe(next(iter(dm.val_dataloader())))
+    # The callback's own hook picks the probe batch from the validation loader (as in training).
+    cb.on_train_start(SimpleNamespace(is_global_zero=True, datamodule=dm), model)
     batches = iter(dm.train_dataloader())
 
     def train_step() -> None:
         batch = next(batches)
         model.train()
-        bare_step(model, opt, batch, cfg.trainer.gradient_clip_val)
+        common.bare_step(model, opt, batch, cfg.trainer.gradient_clip_val)
 
     def computation() -> None:
         diagrams = cb.diagrams(model)
@@ -82,68 +83,74 @@ def quick(out: Path, experiment: str, steps: int, rounds: int, overrides: list[s
         diagram_image(diagrams)
 
     train_step()  # warm-up
-    step_s, cb_s = [], []
-    for r in range(rounds):
+    rows = []
+    for r in common.progress(range(rounds), "topology callback rounds"):
+        row = {"round": r}
         for name in (("steps", "callback") if r % 2 == 0 else ("callback", "steps")):
             t0 = time.perf_counter()
             if name == "steps":
                 for _ in range(steps):
                     train_step()
-                step_s.append((time.perf_counter() - t0) / steps)
+                row["step_s"] = (time.perf_counter() - t0) / steps
             else:
                 computation()
-                cb_s.append(time.perf_counter() - t0)
-        print(f"round {r}: {step_s[-1]:.3f} s/step, callback computation {cb_s[-1]:.3f} s "
-              f"(layers {cb.layer_names})")
-    step, comp = statistics.median(step_s), statistics.median(cb_s)
+                row["callback_s"] = time.perf_counter() - t0
+        rows.append(row)
+    step, comp = (statistics.median(row[k] for row in rows) for k in ("step_s", "callback_s"))
     ratio = 1 + comp / (cb.every_n_steps * step)
-    print(f"{experiment}: threads={torch.get_num_threads()} rounds={rounds} x {steps} steps; "
-          f"callback every {cb.every_n_steps} steps, {cb.max_points} vectors x "
-          f"{len(cb.layer_names)} layers, H0+H1")
-    print(f"estimated with/without callback training time = {ratio:.4f} (median step "
-          f"{step:.3f} s, median computation {comp:.3f} s; overhead {100 * (ratio - 1):+.2f}%, "
-          f"goal <= +5%)")
+    notes = [f"{experiment}: threads={torch.get_num_threads()} rounds={rounds} x {steps} steps; "
+             f"callback every {cb.every_n_steps} steps, {cb.max_points} vectors x "
+             f"{len(cb.layer_names)} layers ({cb.layer_names}), H0+H1"]
+    headline = (f"estimated with/without callback training time = {ratio:.4f} (median step "
+                f"{step:.3f} s, median computation {comp:.3f} s; overhead {100 * (ratio - 1):+.2f}%, "
+                f"{GOAL})")
+    return rows, headline, notes, ratio
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def measured(out: Path, args: argparse.Namespace) -> tuple[list[dict], str, list[str], float]:
+    """Both sides trained for real, alternated: (rows, headline, notes, ratio)."""
+    rows = []
+    for r in common.progress(range(args.rounds), "topology callback rounds"):
+        row = {"round": r}
+        # Alternate which side goes first, so neither profits from running second.
+        for side in ((False, True) if r % 2 == 0 else (True, False)):
+            seconds, cb_seconds = run(out / f"r{r}-{int(side)}", args.experiment, args.steps,
+                                      args.warmup, side, args.overrides)
+            if side:
+                row.update(with_s=seconds / args.steps, cb_share=cb_seconds / seconds)
+            else:
+                row["without_s"] = seconds / args.steps
+        rows.append(row)
+    ratio = statistics.median(row["with_s"] / row["without_s"] for row in rows)
+    notes = [f"{args.experiment}: threads={torch.get_num_threads()} steps={args.steps} (after "
+             f"{args.warmup} warm-up) rounds={args.rounds}; callback: every 50 steps, 256 vectors "
+             "x 2 layers, H0+H1",
+             f"callback's own time: {100 * statistics.median(r['cb_share'] for r in rows):.2f}% "
+             "of training time (median over rounds)"]
+    headline = (f"with/without callback training time = {ratio:.3f} (median of {args.rounds} rounds; "
+                f"overhead {100 * (ratio - 1):+.1f}%, {GOAL})")
+    return rows, headline, notes, ratio
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> float:
+    parser = common.bench_parser(__doc__.splitlines()[0], overrides=True, steps=(50, 5, 2))
     parser.add_argument("--experiment", default="gpt_wikitext2")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
                         help="estimate from timed steps and timed computations (see docstring)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sides")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        with tempfile.TemporaryDirectory() as tmp:
-            quick(Path(tmp), args.experiment, args.steps, args.rounds, args.overrides)
-        return
-    without, with_cb, cb_share = [], [], []
+    args = common.parse_args(parser, argv)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            # Alternate which side goes first, so neither profits from running second.
-            for side in ((False, True) if r % 2 == 0 else (True, False)):
-                seconds, cb_seconds = run(Path(tmp) / f"r{r}-{int(side)}", args.experiment,
-                                          args.steps, args.warmup, side, args.overrides)
-                if side:
-                    with_cb.append(seconds)
-                    cb_share.append(cb_seconds / seconds)
-                else:
-                    without.append(seconds)
-            print(f"round {r}: without {without[-1] / args.steps:.3f} s/step, with callback "
-                  f"{with_cb[-1] / args.steps:.3f} s/step (callback's own time "
-                  f"{100 * cb_share[-1]:.2f}% of the timed steps)")
-    ratio = statistics.median(w / o for w, o in zip(with_cb, without, strict=True))
-    print(f"{args.experiment}: threads={torch.get_num_threads()} steps={args.steps} (after {args.warmup} warm-up) "
-          f"rounds={args.rounds}; callback: every 50 steps, 256 vectors x 2 layers, H0+H1")
-    print(f"callback's own time: {100 * statistics.median(cb_share):.2f}% of training time "
-          f"(median over rounds)")
-    print(f"with/without callback training time = {ratio:.3f} (median of {args.rounds} rounds; "
-          f"overhead {100 * (ratio - 1):+.1f}%, goal <= +5%)")
+        if args.quick:
+            rows, headline, notes, ratio = quick(Path(tmp), args.experiment, args.steps, args.rounds,
+                                                 args.overrides)
+        else:
+            rows, headline, notes, ratio = measured(Path(tmp), args)
+    columns = [("round", "round", "d")] + (
+        [("step_s", "s/step", ".3f"), ("callback_s", "callback computation s", ".3f")] if args.quick
+        else [("without_s", "without s/step", ".3f"), ("with_s", "with callback s/step", ".3f"),
+              ("cb_share", "callback's own share", ".2%")])
+    common.report(rows, headline, args.out, columns=columns, notes=notes, meta={"ratio": ratio})
+    return ratio
 
 
 if __name__ == "__main__":

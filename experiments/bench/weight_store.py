@@ -1,20 +1,21 @@
 """Load latency and peak RAM: the SQLite weight store against a safetensors file (mmap).
 
-    python -m experiments.bench.weight_store [--ckpt PATH] [--repeats 5] [--chunk-bytes N]
-        [--layer NAME]
+    lhp bench weight_store [--ckpt PATH] [--repeats 5] [--chunk-bytes N] [--layer NAME]
+        [--out report.json]
 
-The trained GPT's state dict (tied embedding once) is written once as ``model.safetensors`` and
-as ``model.db`` (raw chunks). Each measurement runs in a fresh Python process (torch already
-imported, the peak-RSS counter reset just before the load), so peak RAM is the load's own:
-``VmHWM`` after minus ``VmRSS`` before. Files are in the page cache (one unmeasured warm-up read
-each), i.e. this compares the formats, not the disk. Variants alternate across repeats; medians
+The trained GPT's state dict (tied embedding once) is written once as ``model.safetensors``, as
+``model.db`` (raw chunks, xxh3-128 checksums, the default) and as ``model-sha256.db`` (SHA-256,
+the algorithm of schema-1 stores: the checksum's share of a verified full load). Each
+measurement runs in a fresh Python process (torch already imported, the peak-RSS counter reset
+just before the load), so peak RAM is the load's own: ``VmHWM`` after minus ``VmRSS`` before.
+Files are in the page cache (one unmeasured warm-up read each), i.e. this compares the formats,
+not the disk. Variants alternate across repeats; medians
 are reported. Goals (issue 8): full load <= 2x safetensors' latency, one layer far cheaper than a
 full load, peak RAM <= 1.2x safetensors'. The last line is the figure.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 
 from experiments import REPO_ROOT
-from experiments.bench.h2q_pareto import CANDIDATES, default_checkpoint
+from experiments.bench import common
+from lhp.errors import UserError, entry_point
 from lit_models.compression.store import WeightStore, storage_key
 
 PROBE = r"""
@@ -64,7 +66,8 @@ print(json.dumps({"seconds": seconds, "peak_bytes": status("VmHWM:") - before,
                   "bytes": sum(t.numel() * t.element_size() for t in out.values()),
                   "checksum": total}))
 """
-VARIANTS = ("safetensors_full", "store_full", "store_full_noverify", "safetensors_layer", "store_layer")
+VARIANTS = ("safetensors_full", "store_full", "store_full_sha256", "store_full_noverify",
+            "safetensors_layer", "store_layer")
 
 
 def probe(variant: str, path: Path, layer: str) -> dict[str, Any]:
@@ -86,54 +89,63 @@ def unique_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.bench_parser(__doc__.split("\n")[0], repeats=5)
     parser.add_argument("--ckpt", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-bytes", type=int, default=4 << 20)
     parser.add_argument("--layer", default=None, help="layer of the one-layer load (default: an MLP matrix)")
-    args = parser.parse_args(argv)
-    ckpt = args.ckpt or default_checkpoint()
-    if ckpt is None or not ckpt.is_file():
-        raise SystemExit(f"no checkpoint: pass --ckpt (looked for {', '.join(CANDIDATES)})")
+    args = common.parse_args(parser, argv)
+    ckpt = args.ckpt or common.default_checkpoint()
+    if not ckpt.is_file():
+        raise UserError(f"--ckpt {ckpt}: no such checkpoint file")
     from safetensors.torch import save_file
 
     state = unique_state(ckpt)
     layer = args.layer or next((k for k in state if k.endswith("mlp.fc.weight")), max(
         state, key=lambda k: state[k].numel()))
     if layer not in state:
-        raise SystemExit(f"--layer {layer!r} is not in {ckpt}; e.g. {sorted(state)[:5]}")
+        raise UserError(f"--layer {layer!r} is not in {ckpt}; e.g. {sorted(state)[:5]}")
     with tempfile.TemporaryDirectory(prefix="h2q_store_bench-") as tmp:
-        paths = {"safetensors": Path(tmp) / "model.safetensors", "store": Path(tmp) / "model.db"}
+        paths = {"safetensors": Path(tmp) / "model.safetensors", "store": Path(tmp) / "model.db",
+                 "store_sha256": Path(tmp) / "model-sha256.db"}
         save_file(state, str(paths["safetensors"]))
-        with WeightStore(paths["store"], "a", chunk_bytes=args.chunk_bytes, journal="delete") as store:
-            store.put_state_dict(state)
+        for key, checksum in (("store", "xxh3_128"), ("store_sha256", "sha256")):
+            with WeightStore(paths[key], "a", chunk_bytes=args.chunk_bytes, journal="delete",
+                             checksum=checksum) as store:
+                store.put_state_dict(state)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
+        file_of = {v: paths["store_sha256" if v.endswith("sha256") else v.split("_")[0]] for v in VARIANTS}
         results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for variant in VARIANTS:  # warm-up: page cache and first-import costs
-            probe(variant, paths[variant.split("_")[0]], layer)
-        for i in range(args.repeats):
+            probe(variant, file_of[variant], layer)
+        for i in common.progress(range(args.repeats), "weight store repeats"):
             for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
-                results[variant].append(probe(variant, paths[variant.split("_")[0]], layer))
+                results[variant].append(probe(variant, file_of[variant], layer))
     med = {v: {"ms": 1e3 * statistics.median(r["seconds"] for r in rs),
                "peak_mb": statistics.median(r["peak_bytes"] for r in rs) / 1e6,
                "mb": rs[0]["bytes"] / 1e6} for v, rs in results.items()}
     n_params = sum(t.numel() for t in state.values())
-    print(f"checkpoint {ckpt}: {len(state)} tensors, {n_params / 1e6:.2f}M parameters; "
-          f"safetensors file {sizes['safetensors'] / 1e6:.2f} MB, store file {sizes['store'] / 1e6:.2f} MB "
-          f"(chunks of {args.chunk_bytes} bytes); one layer = {layer}; median of {args.repeats}")
-    print(f"{'variant':22s} {'loaded MB':>9s} {'latency ms':>10s} {'peak RAM MB':>11s}")
-    for v, m in med.items():
-        print(f"{v:22s} {m['mb']:9.2f} {m['ms']:10.1f} {m['peak_mb']:11.1f}")
-    full, sf = med["store_full"], med["safetensors_full"]
+    full, sf, sha = med["store_full"], med["safetensors_full"], med["store_full_sha256"]
     figure = {
         "full_latency_ratio": full["ms"] / sf["ms"], "full_peak_ratio": full["peak_mb"] / sf["peak_mb"],
-        "layer_vs_full": full["ms"] / med["store_layer"]["ms"], "sizes": sizes, "medians": med,
+        "layer_vs_full": full["ms"] / med["store_layer"]["ms"], "sha256_vs_xxh3": sha["ms"] / full["ms"],
+        "sizes": sizes, "medians": med,
     }
-    print(f"weight_store: full load {full['ms']:.1f} ms vs safetensors {sf['ms']:.1f} ms "
-          f"(x{figure['full_latency_ratio']:.2f}, goal <= 2); one layer {med['store_layer']['ms']:.1f} ms "
-          f"({figure['layer_vs_full']:.0f}x cheaper than the full load); peak RAM {full['peak_mb']:.1f} MB "
-          f"vs {sf['peak_mb']:.1f} MB (x{figure['full_peak_ratio']:.2f}, goal <= 1.2)")
+    common.report([{"variant": v, **m} for v, m in med.items()],
+                  f"weight_store: full load {full['ms']:.1f} ms vs safetensors {sf['ms']:.1f} ms "
+                  f"(x{figure['full_latency_ratio']:.2f}, goal <= 2); one layer {med['store_layer']['ms']:.1f} ms "
+                  f"({figure['layer_vs_full']:.0f}x cheaper than the full load); peak RAM {full['peak_mb']:.1f} MB "
+                  f"vs {sf['peak_mb']:.1f} MB (x{figure['full_peak_ratio']:.2f}, goal <= 1.2); verified with "
+                  f"SHA-256 instead of xxh3-128 {sha['ms']:.1f} ms (x{figure['sha256_vs_xxh3']:.2f}), "
+                  f"unverified {med['store_full_noverify']['ms']:.1f} ms", args.out,
+                  columns=[("variant", "variant", ""), ("mb", "loaded MB", ".2f"), ("ms", "latency ms", ".1f"),
+                           ("peak_mb", "peak RAM MB", ".1f")],
+                  notes=[f"checkpoint {ckpt}: {len(state)} tensors, {n_params / 1e6:.2f}M parameters; "
+                         f"safetensors file {sizes['safetensors'] / 1e6:.2f} MB, store file "
+                         f"{sizes['store'] / 1e6:.2f} MB (chunks of {args.chunk_bytes} bytes); one layer = "
+                         f"{layer}; median of {args.repeats}"],
+                  meta={k: v for k, v in figure.items() if k != "medians"})
     return figure
 
 

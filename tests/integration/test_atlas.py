@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from experiments import atlas
 from experiments.bench import atlas_compression
 from lit_models.atlas import AtlasLibrary
+from lit_models.atlas_workflow import train_core
 from lit_models.coordinate_decoder import CoordinateDecoder
 from tests.conftest import REPO
 
@@ -29,9 +31,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.set_num_threads(1)  # tiny model: one thread is much faster on a busy machine
     os.environ["PROJECT_ROOT"] = str(REPO)
     try:
-        lib, metrics = atlas.train_core(
-            root / "lib", [str(FIXTURES / "valid.txt"), str(FIXTURES / "test.txt")], ["valid", "test"],
-            200, "fractal_book_tiny", [*OVERRIDES, f"paths.log_dir={root}/logs"], root / "run")
+        lib, metrics = train_core(
+            root / "lib", [str(FIXTURES / "valid.txt"), str(FIXTURES / "test.txt")],
+            train_fn=atlas.hydra_train, run_dir=root / "run", titles=["valid", "test"], max_chars=200,
+            experiment="fractal_book_tiny", overrides=[*OVERRIDES, f"paths.log_dir={root}/logs"])
     finally:
         torch.set_num_threads(before)
     return {"root": root, "lib": lib, "metrics": metrics, "run": root / "run"}
@@ -78,7 +81,9 @@ def test_add_book_trains_only_a_key_and_bad_books_change_nothing(trained: dict, 
     core_sha, index_before = sha(lib.core_path), lib.index_path.read_text()
     bad = tmp_path / "bad.txt"
     bad.write_text("unknown characters: \u00e9\u00e8")
-    assert atlas.main(["add-book", "--library", str(lib.root), "--book", str(bad)]) == 2
+    with pytest.raises(SystemExit) as err:
+        atlas.main(["add-book", "--library", str(lib.root), "--book", str(bad)])
+    assert err.value.code == 2
     assert "not in the frozen vocabulary" in capsys.readouterr().err
     assert lib.index_path.read_text() == index_before
     assert atlas.main(["add-book", "--library", str(lib.root), "--book", str(new), "--steps", "50"]) == 0
@@ -96,6 +101,7 @@ def test_compression_bench_decodes_every_book_and_compares_compressors(trained: 
     rows = atlas_compression.run(AtlasLibrary(trained["lib"].root), tmp_path / "bench", batch_size=64)
     out = capsys.readouterr().out
     assert len(rows) >= 2 and out.strip().splitlines()[-1].startswith("all ")
+    assert json.loads((tmp_path / "bench" / "report.json").read_text())["headline"].startswith("all ")
     for row in rows:
         for key in ("gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "atlas_fp16", "atlas_int8", "ideal_fp16"):
             assert row[key] > 0
