@@ -18,14 +18,15 @@ help:
 install: $(STAMP)
 
 # torch is pinned exactly (pyproject) so pip takes the local CPU wheel, not a multi-GB CUDA build.
-# The hf extra (transformers) is installed too so the Hugging Face tests run.
+# The hf extra (transformers) is installed too so the Hugging Face tests run; tb (tensorboard)
+# so the TensorBoard logger tests run.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,hf]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,hf,tb]'
 	@touch $(STAMP)
 
 train: install
-	$(PY) -m experiments.train experiment=smoke $(ARGS)
+	$(PY) -m experiments.train experiment=smoke resume=auto $(ARGS)
 
 test: install
 	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

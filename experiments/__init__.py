@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lhp.console import quiet_known_noise
+from lhp.identity import git_commit, run_label, run_slug, run_tags
 
 quiet_known_noise()  # before Lightning, W&B or torch print their three known, useless messages
 
@@ -29,8 +30,42 @@ def _mixed_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-if not OmegaConf.has_resolver("mixed_precision"):
-    OmegaConf.register_new_resolver("mixed_precision", _mixed_precision)
+def _hydra_overrides() -> tuple[list[str], bool]:
+    """The command line's overrides of this job and whether it is a multirun trial."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return [], False
+    hc = HydraConfig.get()
+    return list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
+
+
+def _run_label(run_name: str) -> str:
+    """``${run_label:${run_name}}``: the W&B name, e.g. ``smoke lr=5e-3 n_layer=4``."""
+    return run_label(run_name, _hydra_overrides()[0])
+
+
+def _run_slug(seed: object) -> str:
+    """``${run_slug:${seed}}``: one directory per run identity, e.g. ``lr=5e-3/seed1``."""
+    return run_slug(_hydra_overrides()[0], seed)
+
+
+def _run_job_type(job_type: str | None, task_name: str) -> str:
+    """``${run_job_type:${job_type},${task_name}}``: explicit (a study's variant), else
+    ``sweep-trial`` in a multirun, else the task (``train``, ``evaluate``)."""
+    return job_type or ("sweep-trial" if _hydra_overrides()[1] else task_name)
+
+
+def _run_tags(tags: list, seed: object) -> list[str]:
+    """``${run_tags:${tags},${seed}}``: tags + identity overrides + seed + git commit."""
+    return run_tags(tags, _hydra_overrides()[0], seed, git_commit(REPO_ROOT))
+
+
+for _name, _fn in (("mixed_precision", _mixed_precision), ("run_label", _run_label),
+                   ("run_slug", _run_slug), ("run_job_type", _run_job_type), ("run_tags", _run_tags)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def split_passthrough(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]]:

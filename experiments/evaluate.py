@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     del ckpt
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers, callbacks=[])
-    log_hyperparameters(cfg, model, loggers)
+    log_hyperparameters(cfg, model, loggers, datamodule)
 
     metrics: dict[str, float] = {}
     for run in (trainer.validate, trainer.test):

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import csv
 import json
-import math
 import os
 import re
 import shlex
@@ -47,6 +46,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.progress import track
 
+from analysis.compare import Column, build_table
+from analysis.plots import default_panels, write_plots
+from analysis.runs import SEED_KEY, Group, differing_keys, load_run
+from analysis.runs import Run as AnalysisRun
 from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
 from lhp.errors import UserError, entry_point
@@ -59,7 +62,7 @@ REQUIRED = ("experiment", "seeds", "variants")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 BUDGET_KEY = "callbacks.token_budget.max_tokens"
 # Set by the study for every run; an override of these in a study would be silently ambiguous.
-RESERVED = ("seed", "experiment", "group", "tags", "run_name", "ckpt_path", "resume",
+RESERVED = ("seed", "experiment", "group", "tags", "run_name", "job_type", "ckpt_path", "resume",
             "hydra.run.dir")
 EXTRA_COLUMNS = ("params", "tokens_seen", "tokens_per_sec")
 LOG_TAIL_LINES = 60
@@ -91,7 +94,8 @@ class Study:
         budget = [] if self.token_budget is None else [f"{BUDGET_KEY}={self.token_budget}"]
         return [f"experiment={self.experiment}", *self.common, *self.extra, *self.variants[variant],
                 f"seed={seed}", *budget, f"group=study_{self.name}",
-                f"tags=[study,{self.name},{variant}]", f"run_name={self.name}_{variant}"]
+                f"tags=[study,{self.name},{variant}]", f"run_name={self.name}_{variant}",
+                f"job_type={variant}"]
 
     def command(self, run: Run, ckpt: Path | None = None) -> list[str]:
         resume = [f"ckpt_path={ckpt}"] if ckpt else []
@@ -478,59 +482,35 @@ def _metric_order(keys: set[str]) -> list[str]:
     return ordered
 
 
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _fmt(mean: float | None, std: float | None, column: str) -> str:
-    if mean is None:
-        return "—"
-    if column in EXTRA_COLUMNS:
-        spec = ",.0f"
-    else:
-        spec = ".2f" if math.isfinite(mean) and abs(mean) >= 100 else ".4f"
-    return f"{mean:{spec}} ± {'—' if std is None else format(std, spec)}"
-
-
 def aggregate(study: Study, echo: bool = True) -> str:
-    """Write ``summary.md`` and ``summary.csv`` (a row per variant); returns the markdown table."""
-    results: dict[str, list[dict[str, Any]]] = {v: [] for v in study.variants}
+    """Write ``summary.md``, ``summary.csv`` (a row per variant) and the plots of ``lhp compare``
+    (curves.png, headline.png, sweep_*.png); returns the markdown table."""
+    by_variant: dict[str, list[AnalysisRun]] = {v: [] for v in study.variants}
     missing: list[str] = []
+    notes: list[str] = []
     for run in study.runs():
         result = run.result()
-        if result is not None:
-            results[run.variant].append(result)
-        else:
+        if result is None:
             state = "failed" if run.failed_path.is_file() else "not run yet"
             missing.append(f"{run.variant}/seed{run.seed} ({state})")
-    keys = {k for rs in results.values() for r in rs for k in (r.get("metrics") or {})}
-    columns = _metric_order(keys) + list(EXTRA_COLUMNS)
-
-    def values(rs: list[dict[str, Any]], column: str) -> list[float]:
-        raw = [r.get(column) if column in EXTRA_COLUMNS else (r.get("metrics") or {}).get(column)
-               for r in rs]
-        return [float(v) for v in raw if v is not None]
-
-    rows_md, rows_csv = [], []
-    for variant, rs in results.items():
-        cells_md = [variant, str(len(rs))]
-        row_csv: dict[str, Any] = {"variant": variant, "n_seeds": len(rs),
-                                   "seeds": " ".join(str(r["seed"]) for r in rs)}
-        for column in columns:
-            mean, std = _stats(values(rs, column))
-            cells_md.append(_fmt(mean, std, column))
-            row_csv[f"{column}_mean"] = "" if mean is None else repr(mean)
-            row_csv[f"{column}_std"] = "" if std is None else repr(std)
-        rows_md.append(cells_md)
-        rows_csv.append(row_csv)
-
-    header = ["variant", "n_seeds"] + [c.replace("tokens_per_sec", "tokens/s") for c in columns]
-    table = "\n".join(["| " + " | ".join(header) + " |",
-                       "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-                      + ["| " + " | ".join(cells) + " |" for cells in rows_md])
+            continue
+        values = {**(result.get("metrics") or {}),
+                  **{k: result[k] for k in EXTRA_COLUMNS if result.get(k) is not None}}
+        loaded = load_run(run.dir, f"{run.variant}/seed{run.seed}", notes, values)
+        loaded.config.setdefault(SEED_KEY, result.get("seed", run.seed))
+        by_variant[run.variant].append(loaded)
+    groups = [Group(variant, runs) for variant, runs in by_variant.items()]
+    runs = [r for g in groups for r in g.runs]
+    metrics = _metric_order({k for r in runs for k in r.values if k not in EXTRA_COLUMNS})
+    columns = [Column(c.replace("tokens_per_sec", "tokens/s"), c,
+                      lambda r, c=c: r.values.get(c), ",.0f" if c in EXTRA_COLUMNS else None)
+               for c in [*metrics, *EXTRA_COLUMNS]]
+    keys = [k for k in differing_keys(runs) if k != SEED_KEY]
+    table = build_table(groups, columns, keys, grouped=True, sort=False,
+                        label_header="variant", count_header="n_seeds")
+    headline = "val/loss" if "val/loss" in metrics or not metrics else metrics[0]
+    images = write_plots([g for g in groups if g.runs], study.output_dir, headline,
+                         default_panels([headline]), stat="final", title=f"Study {study.name}")
     budget = "experiment's own stopping" if study.token_budget is None else \
         f"{study.token_budget:,} tokens per run"
     lines = [f"# Study `{study.name}`", "", study.description or "(no description)", "",
@@ -540,9 +520,11 @@ def aggregate(study: Study, echo: bool = True) -> str:
              f"- common overrides: `{' '.join(study.common + study.extra) or '(none)'}`",
              f"- written {datetime.now().isoformat(timespec='seconds')}; cells are mean ± "
              "sample std (ddof=1) over seeds, — where n=1", "",
-             table, ""]
+             table.markdown(), ""]
     if missing:
         lines += [f"Missing runs: {', '.join(missing)}", ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])
+    lines += [f"![{p.stem}]({p.name})" for p in images] + ([""] if images else [])
     lines += ["## Commands", "", "```"]
     for run in study.runs():
         result = run.result()
@@ -551,15 +533,10 @@ def aggregate(study: Study, echo: bool = True) -> str:
     lines += ["```", ""]
     study.output_dir.mkdir(parents=True, exist_ok=True)
     (study.output_dir / "summary.md").write_text("\n".join(lines), encoding="utf-8")
-    with open(study.output_dir / "summary.csv", "w", newline="", encoding="utf-8") as fh:
-        fields = ["variant", "n_seeds", "seeds"] + [f"{c}_{s}" for c in columns
-                                                    for s in ("mean", "std")]
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows_csv)
+    table.write_csv(study.output_dir / "summary.csv")
     if echo:
-        print(f"summary: {study.output_dir / 'summary.md'} and summary.csv\n\n{table}")
-    return table
+        print(f"summary: {study.output_dir / 'summary.md'} and summary.csv\n\n{table.markdown()}")
+    return table.markdown()
 
 
 # --------------------------------------------------------------------------- CLI

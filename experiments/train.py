@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.csv_logger import ResumableCSVLogger
 from callbacks.last_checkpoint import last_checkpoint_path
 from callbacks.run_metadata import RunMetadata
 from experiments import CONFIG_DIR
@@ -31,6 +32,7 @@ from experiments.utils import (
     set_in,
     task_wrapper,
     wandb_loggers,
+    write_summary,
 )
 from lhp.config_check import check_config
 from lhp.errors import UserError, entry_point
@@ -45,19 +47,41 @@ log = logging.getLogger("experiments.train")
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> tuple[str | None, dict[str, Any]]:
-    """The checkpoint to resume from and its loaded dict: ``ckpt_path`` if given; with
-    ``resume=auto`` the newest good checkpoint of this run (``select_resume_checkpoint``)."""
+    """The checkpoint to resume from and its loaded dict.
+
+    ``ckpt_path`` if given. ``resume=auto``: the newest good checkpoint of this run identity
+    (``select_resume_checkpoint`` over this experiment's runs, the run's own directory first); a
+    checkpoint in the run's own directory whose stored config differs outside the execution-only
+    keys is refused, listing each key with both values (``resume=force`` takes it anyway).
+    ``resume=null``: start fresh, but never over a run already in the output directory.
+    """
+    own_dir = Path(cfg.paths.output_dir)
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path), load_checkpoint(cfg.ckpt_path)
     resume = cfg.get("resume")
     if resume in (None, False, "never"):
+        existing = sorted(own_dir.glob("checkpoints/*.ckpt"))
+        if existing:
+            raise UserError(f"{own_dir} already holds this run ({existing[0].name}, ...): continue "
+                            "it with resume=auto, train longer with resume=auto "
+                            "trainer.max_steps=<more>, or use another seed/run_name to start a new one")
         return None, {}
-    if resume != "auto":
-        raise UserError(f"config key resume: must be null or 'auto', got {resume!r} "
+    if resume not in ("auto", "force"):
+        raise UserError(f"config key resume: must be null, 'auto' or 'force', got {resume!r} "
                         "(use ckpt_path=<file> for a given checkpoint)")
     run_root = Path(cfg.paths.log_dir) / cfg.task_name / cfg.run_name
-    found, ckpt = select_resume_checkpoint(run_root)
-    log.info(f"resume=auto: {'resuming from ' + str(found) if found else 'no checkpoint under ' + str(run_root) + ', starting fresh'}")
+    requested = OmegaConf.to_container(cfg, resolve=True)
+    found, ckpt, diffs = select_resume_checkpoint(run_root, requested, own_dir)
+    if diffs:
+        listed = "; ".join(f"{k}: checkpoint {old!r} vs now {new!r}" for k, old, new in diffs)
+        if resume != "force":
+            raise UserError(f"resume=auto: {found} was trained with a different config ({listed}); "
+                            "resume=force continues it anyway, or change run_name/seed for a new run")
+        log.warning(f"resume=force: continuing {found} despite config differences: {listed}")
+    if found:
+        log.info(f"resume={resume}: continuing from {found} (step {ckpt.get('global_step')})")
+    else:
+        log.info(f"resume={resume}: no checkpoint of this run identity under {run_root}; starting fresh")
     return (str(found) if found else None), ckpt
 
 
@@ -108,13 +132,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model: L.LightningModule = instantiate(cfg.model, "model", _convert_="all")
     if ckpt_path:
         check_state_dict_fits(model, ckpt.get("state_dict") or {}, f"checkpoint {ckpt_path}")
+    start_step = int(ckpt.get("global_step", 0)) if ckpt_path else 0
     del ckpt
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     callbacks.append(RunMetadata(OmegaConf.to_container(cfg, resolve=True), git_commit()))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
-    log_hyperparameters(cfg, model, loggers)
+    log_hyperparameters(cfg, model, loggers, datamodule)
+    for lg in loggers:
+        if isinstance(lg, ResumableCSVLogger):  # one unbroken history: drop rows to be redone
+            lg.resume_at(start_step)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "callbacks": callbacks,
                "loggers": loggers, "trainer": trainer}
 
@@ -130,6 +158,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info(f"Starting testing ({'best checkpoint ' + best if best else 'current weights'})")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    write_summary(loggers, metrics, float(ckpt_cb.best_model_score)
+                  if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None)
     if cfg.get("log_checkpoint_artifact") and final:
         _log_checkpoint_artifact(trainer, final)
     _print_summary(metrics, best, trainer)

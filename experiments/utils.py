@@ -9,7 +9,6 @@ import importlib.metadata
 import logging
 import math
 import re
-import subprocess
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from experiments import REPO_ROOT
+from lhp import identity
 from lhp.errors import UserError, user_error_in
 
 log = logging.getLogger("experiments")
@@ -157,14 +157,7 @@ def print_config_tree(cfg: DictConfig, save_to: str | None = None, show: bool = 
 
 def git_commit() -> str | None:
     """Commit of the project checkout (suffixed ``-dirty`` with uncommitted changes)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout
-        return sha + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return identity.git_commit(REPO_ROOT)
 
 
 def package_versions() -> dict[str, str]:
@@ -175,15 +168,47 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def log_hyperparameters(cfg: DictConfig, model: torch.nn.Module, loggers: list[Logger]) -> None:
-    """Log the resolved config as a nested dict, plus parameter counts, git commit, versions."""
+def log_hyperparameters(cfg: DictConfig, model: torch.nn.Module, loggers: list[Logger],
+                        datamodule: Any = None) -> None:
+    """Log the resolved config once, as one nested tree, plus the derived facts: parameter
+    counts, tokens per optimizer step, tokenizer, run name, git commit, package versions.
+
+    The LightningModules save their hyper-parameters with ``logger=False``, so this is the only
+    copy a dashboard sees (no ``optimizer.lr`` beside ``model.optimizer.lr``).
+    """
     hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("hydra", None)
     hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
     hparams["model/params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batch, block = getattr(datamodule, "batch_size", None), getattr(datamodule, "block_size", None)
+    if batch and block:
+        trainer_cfg = cfg.get("trainer") or {}
+        devices = trainer_cfg.get("devices", 1)
+        per_node = devices if isinstance(devices, int) and devices > 0 else 1
+        hparams["data/tokens_per_step"] = (batch * block * int(trainer_cfg.get("accumulate_grad_batches", 1))
+                                           * per_node * int(trainer_cfg.get("num_nodes", 1)))
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is not None:
+        hparams["data/tokenizer"] = {"kind": tokenizer.to_dict().get("kind"),
+                                     "vocab_size": tokenizer.vocab_size}
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb") or {}
+    hparams["run/name"] = wandb_cfg.get("name") or cfg.get("run_name")
     hparams["git_commit"] = git_commit()
     hparams["packages"] = package_versions()
     for lg in loggers:
         lg.log_hyperparams(hparams)
+
+
+def write_summary(loggers: list[Logger], metrics: dict[str, float], best_val: float | None) -> None:
+    """Best and final ``val/loss`` (and every test figure) in the W&B run summary, so a
+    workspace table sorts runs by what they reached, not by their last logged step."""
+    summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    if "val/loss" in metrics:
+        summary["val/loss_final"] = metrics["val/loss"]
+    if best_val is not None and math.isfinite(best_val):
+        summary["val/loss_best"] = best_val
+    for lg in wandb_loggers(loggers):
+        lg.experiment.summary.update(summary)
 
 
 def set_in(cfg: DictConfig, key: str, value: Any) -> None:

@@ -251,23 +251,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(ckpt["state_dict"])
 
 
-def _candidates(run_root: Path) -> list[Path]:
-    """Checkpoints of one run identity, best resume candidate first: ``last.ckpt`` files newest
-    first, then the other checkpoints newest first."""
-    files = [p for p in run_root.glob("*/checkpoints/*.ckpt") if p.is_file()]
-    return sorted(files, key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime), reverse=True)
+def _candidates(run_root: Path, own_dir: Path | None) -> list[Path]:
+    """Checkpoints under ``run_root`` (any depth), best resume candidate first: the run's own
+    directory before others, ``last.ckpt`` before other checkpoints, newest first."""
+    roots = [run_root] + ([own_dir] if own_dir is not None else [])
+    files = list({p.resolve(): p for root in roots for p in root.rglob("*.ckpt")
+                  if p.is_file() and p.parent.name == "checkpoints"}.values())
+    own = own_dir.resolve() if own_dir is not None else None
+
+    def rank(p: Path) -> tuple[bool, bool, float]:
+        mine = own is not None and p.resolve().is_relative_to(own)
+        return mine, p.name == "last.ckpt", p.stat().st_mtime
+
+    return sorted(files, key=rank, reverse=True)
 
 
-def select_resume_checkpoint(run_root: str | Path) -> tuple[Path | None, dict[str, Any]]:
-    """The checkpoint ``resume=auto`` continues from, and its loaded dict.
+def select_resume_checkpoint(run_root: str | Path, config: Mapping[str, Any] | None = None,
+                             own_dir: str | Path | None = None
+                             ) -> tuple[Path | None, dict[str, Any], list[tuple[str, Any, Any]]]:
+    """The checkpoint a resume continues from: ``(path, loaded dict, config differences)``.
 
-    Tries the newest ``last.ckpt`` first; one that does not load or fails its checksum is named
-    in a warning and the next candidate (an older last or best checkpoint of the same run) is
-    tried. ``(None, {})`` when there is none: the run starts fresh.
+    Every resume path goes through here. Candidates are tried best first (``_candidates``); one
+    that does not load or fails its checksum is named in a warning and skipped. With ``config``,
+    a candidate whose stored config differs outside the execution-only keys
+    (``lhp.identity.config_differences``) belongs to another run identity: it is skipped, except
+    in the run's own directory, where the newest such candidate is returned with its differences
+    for the caller to refuse (or, knowingly, accept). ``(None, {}, [])``: start fresh.
     """
-    for path in _candidates(Path(run_root)):
+    from lhp.identity import config_differences
+
+    own = Path(own_dir).resolve() if own_dir is not None else None
+    for path in _candidates(Path(run_root), own):
         try:
-            return path, load_checkpoint(path)
+            ckpt = load_checkpoint(path)
         except UserError as err:
             log.warning(f"resume: skipping {path}: {err}; trying the previous checkpoint")
-    return None, {}
+            continue
+        stored = ((ckpt.get("platform") or {}).get("config")) if config is not None else None
+        diffs = config_differences(stored, config) if isinstance(stored, dict) else []
+        if not diffs or (own is not None and path.resolve().is_relative_to(own)):
+            return path, ckpt, diffs
+    return None, {}, []

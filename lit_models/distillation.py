@@ -199,7 +199,7 @@ class DistillationModel(LanguageModel):
                                  "model.teacher=null for CE only")
             if teacher["dtype"] not in DTYPES:
                 raise ValueError(f"model.teacher.dtype must be one of {sorted(DTYPES)}, got {teacher['dtype']!r}")
-        self.save_hyperparameters({**self.hparams, "teacher": teacher, "kd": kd})
+        self.save_hyperparameters({**self.hparams, "teacher": teacher, "kd": kd}, logger=False)
         self.kd_weight = float(kd["weight"])   # scheduled by callbacks.kd_curriculum
         self.pm_weight = 1.0                   # multiplier of the phase/magnitude terms
         self._teacher: list[nn.Module] = []    # a list: outside the module tree (see module doc)

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+# Each group's ``name`` (Lightning's LearningRateMonitor names its series after it: train/lr_decay).
+GROUP_NAMES = ("decay", "no_decay")
+
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
     """Matrices (dim >= 2) are decayed; biases, norms and other vectors are not."""
@@ -16,9 +19,17 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "name": GROUP_NAMES[0]},
+        {"params": no_decay, "weight_decay": 0.0, "name": GROUP_NAMES[1]},
     ]
+
+
+def restore_group_names(optimizer: torch.optim.Optimizer) -> None:
+    """Name the groups of an optimizer state loaded from a checkpoint written before groups had
+    names (``load_state_dict`` keeps the saved groups' keys, so the names would be lost)."""
+    if len(optimizer.param_groups) == len(GROUP_NAMES):
+        for group, name in zip(optimizer.param_groups, GROUP_NAMES, strict=True):
+            group.setdefault("name", name)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -34,6 +45,9 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 def build_optimizer(
     module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
+    """AdamW over the named ``decay`` / ``no_decay`` groups of ``module``."""
+    optimizer = torch.optim.AdamW(
         param_groups(module.named_parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps
     )
+    optimizer.register_load_state_dict_post_hook(restore_group_names)
+    return optimizer

@@ -71,7 +71,8 @@ class TrainingRecipe(L.LightningModule):
             {"arch": arch, "arch_config": dict(to_plain(arch_config)),
              "optimizer": dict(to_plain(optimizer) or {}), "scheduler": dict(to_plain(scheduler) or {}),
              "loss_weights": dict(to_plain(loss_weights) or {}),
-             **{k: to_plain(v) for k, v in extra.items()}})
+             **{k: to_plain(v) for k, v in extra.items()}},
+            logger=False)  # the run's config reaches the loggers once, nested (log_hyperparameters)
         for key, weight in self.hparams.loss_weights.items():
             if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0 \
                     or not math.isfinite(weight):

@@ -147,7 +147,7 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(good: dict, tmp_path: 
     older.write_bytes(good["ckpt"].read_bytes())
     last = ckpts / "last.ckpt"
     last.write_bytes(good["ckpt"].read_bytes()[:1000])  # truncated
-    found, ckpt = select_resume_checkpoint(tmp_path / "run")
+    found, ckpt, _ = select_resume_checkpoint(tmp_path / "run")
     assert found == older and ckpt["global_step"] == good["dict"]["global_step"]
 
 

@@ -134,7 +134,7 @@ def kill_and_resume(root: Path, kills: int = 3, max_steps: int = 40, every: int 
         # the next launch resumes from the newest good checkpoint; read which one
         from lit_models.checkpoints import select_resume_checkpoint
 
-        found, ckpt = select_resume_checkpoint(root / "logs" / "train" / "killed")
+        found, ckpt, _ = select_resume_checkpoint(root / "logs" / "train" / "killed")
         resumed_from = int(ckpt.get("global_step", 0)) if found else 0
         report.redone.append(max(reached - resumed_from, 0))
     final = subprocess.run(train_cmd(root, "killed", "final", max_steps, every, extra), cwd=REPO,
