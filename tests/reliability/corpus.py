@@ -74,28 +74,24 @@ def garbage(data: bytes, seed: int) -> Iterator[tuple[str, bytes]]:
     yield "huge", data[:4096] * 2048  # ~8 MB of repeated prefix
 
 
-def write_bytes(name: str, data: bytes) -> Callable[[Path], Path]:
+def _maker(name: str, create: Callable[[Path], Any]) -> Callable[[Path], Path]:
+    """``make(dir)``: ``create(dir / name)`` and return that path."""
     def make(d: Path) -> Path:
-        path = d / name
-        path.write_bytes(data)
-        return path
+        create(d / name)
+        return d / name
     return make
+
+
+def write_bytes(name: str, data: bytes) -> Callable[[Path], Path]:
+    return _maker(name, lambda p: p.write_bytes(data))
 
 
 def fifo(name: str) -> Callable[[Path], Path]:
-    def make(d: Path) -> Path:
-        path = d / name
-        os.mkfifo(path)
-        return path
-    return make
+    return _maker(name, os.mkfifo)
 
 
 def directory(name: str) -> Callable[[Path], Path]:
-    def make(d: Path) -> Path:
-        path = d / name
-        path.mkdir()
-        return path
-    return make
+    return _maker(name, Path.mkdir)
 
 
 def file_cases(prefix: str, fmt: str, filename: str, seed_bytes: bytes,
