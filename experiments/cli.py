@@ -55,7 +55,7 @@ register("atlas", "experiments.atlas", "Fractal Atlas library: train-core, expor
 register("h2q", "experiments.h2q", "H2Q weight store: structure, load-layer, analyse, validate, ...")
 register("tcs-stream", "experiments.tcs_stream", "stream a text file through TCS: Betti events (Hydra app)")
 register("tcs-boundary", "experiments.tcs_boundary", "boundary study: do Betti events mark structure?")
-register("indra-plot", "experiments.indra_plot", "IndraQuantum training monitor of runs as one PNG")
+register("compare", "experiments.compare", "compare runs offline: table (md/csv/html) and plots; --preset indra")
 
 
 def _docline(path: Path) -> str:

@@ -1,6 +1,7 @@
 """IndraQuantum distillation end to end on the fixture WikiText + Alpaca mix: a tiny KD run
 from a platform teacher (and from a local Hugging Face model), its metrics, frozen teacher,
-exact resume, generation, the monitor PNG, and the start-up errors."""
+exact resume, generation, the monitor PNG (``lhp compare --preset indra``), and the start-up
+errors."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from analysis.runs import load_run
 from datamodules.tokenizers import build_tokenizer
-from experiments import indra_plot
+from experiments.compare import main as compare_main
 from experiments.evaluate import evaluate
 from experiments.generate import generate_text
 from experiments.train import train
@@ -86,12 +88,16 @@ def test_student_evaluates_without_loading_its_teacher(kd_run: dict, data_dir: P
 
 
 def test_monitor_png_from_the_csv_logs(kd_run: dict, tmp_path: Path) -> None:
-    png = tmp_path / "monitor.png"
-    assert indra_plot.main([str(kd_run["out"]), "--out", str(png), "--smooth", "3"]) == 0
+    out = tmp_path / "monitor"
+    assert compare_main([str(kd_run["out"]), "--preset", "indra", "--smooth", "3",
+                         "--out", str(out)]) == 0
+    png = out / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    series = indra_plot.read_series(kd_run["out"])
-    assert len(series["train/loss_kd"][0]) == 10
-    assert indra_plot.main([str(tmp_path / "nothing"), "--out", str(png)]) == 2
+    series = load_run(kd_run["out"]).series
+    assert len(series["train/loss_kd"][0]) == 10 and len(series["kd/weight"][0]) == 10
+    with pytest.raises(SystemExit) as done:
+        compare_main([str(tmp_path / "nothing"), "--preset", "indra", "--out", str(out)])
+    assert done.value.code == 2
 
 
 def test_kd_resume_reproduces_the_uninterrupted_run(tiny_teacher: Path, data_dir: Path,

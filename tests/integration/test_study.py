@@ -99,12 +99,20 @@ def test_summary_has_one_row_per_variant(study: dict) -> None:
         assert float(row["params_mean"]) > 0
     assert float(rows["rope"]["params_mean"]) != float(rows["learned"]["params_mean"])
     assert rows["bad"]["val/loss_mean"] == ""
+    # the key that differs between variants is a column (names and paths are not)
+    assert rows["rope"]["model.arch_config.pos_embedding"] == "rope"
+    assert rows["learned"]["model.arch_config.pos_embedding"] == "learned"
+    assert "run_name" not in rows["rope"]
 
     md = study["md"]
     assert "# Study `smoke_seeds`" in md and "Hypothesis" in md  # name and description
     assert "| learned | 1 | " in md and " ± — |" in md and "| bad | 0 |" in md
     assert "bad/seed1 (failed)" in md
     assert study["learned"]["command_str"] in md
+    # the plots of `lhp compare`, linked from the summary
+    for name in ("curves.png", "headline.png"):
+        assert (study["out"] / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name[:-4]}]({name})" in md
     # the markdown table is printed last
     assert study["first"].stdout.rstrip().splitlines()[-1].startswith("| bad | 0 |")
 

@@ -1,10 +1,10 @@
-"""experiments.indra_plot: the monitor's moving average is over steps, not logged points."""
+"""analysis.plots.smooth (`lhp compare --smooth`): the moving average is over steps, not points."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from experiments.indra_plot import smooth
+from analysis.plots import smooth
 
 
 def test_smooth_window_counts_steps_not_logged_points() -> None:
