@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -48,7 +46,7 @@ from rich.progress import track
 
 from analysis.compare import Column, build_table
 from analysis.plots import default_panels, write_plots
-from analysis.runs import SEED_KEY, Group, differing_keys, load_run
+from analysis.runs import SEED_KEY, Group, differing_keys, load_run, load_series
 from analysis.runs import Run as AnalysisRun
 from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
@@ -279,35 +277,21 @@ def _float(text: str) -> float | None:
 
 
 def read_run_metrics(run_dir: Path) -> dict[str, Any]:
-    """Final metrics of a finished run from its CSV logs (all versions, i.e. across resumes)."""
-    versions = sorted(run_dir.glob("csv/version_*"),
-                      key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit()
-                      else -1)
-    last: dict[str, float] = {}
-    throughput: list[float] = []
+    """Final metrics of a finished run from its CSV logs (all versions, i.e. across resumes),
+    read by the same code as ``lhp compare`` (``analysis.runs.load_series``)."""
+    series = load_series(run_dir, [])
+    last = {k: float(v[-1]) for k, (_, v) in series.items()
+            if k.startswith(("val/", "test/")) and len(v)}
+    tokens = series.get("train/tokens_seen")
+    throughput = series.get("throughput/train/device_tokens_per_sec")
     params = None
-    for version in versions:
-        metrics_csv = version / "metrics.csv"
-        if metrics_csv.is_file():
-            with open(metrics_csv, newline="", encoding="utf-8") as fh:
-                for row in csv.DictReader(fh):
-                    for key, text in row.items():
-                        value = _float(text) if text not in (None, "") else None
-                        if value is None:
-                            continue
-                        if key.startswith(("val/", "test/")) or key == "train/tokens_seen":
-                            last[key] = value
-                        elif key == "throughput/train/device_tokens_per_sec":
-                            throughput.append(value)
-        hparams = version / "hparams.yaml"
-        if hparams.is_file():
-            text = hparams.read_text(encoding="utf-8")
-            found = re.search(r"^model/params/total:\s*(\d+)\s*$", text, re.M)
-            params = int(found.group(1)) if found else params
-    tokens = last.pop("train/tokens_seen", None)
+    for hparams in sorted(run_dir.glob("csv/version_*/hparams.yaml")):
+        found = re.search(r"^model/params/total:\s*(\d+)\s*$", hparams.read_text(encoding="utf-8"), re.M)
+        params = int(found.group(1)) if found else params
     return {"metrics": dict(sorted(last.items())), "params": params,
-            "tokens_seen": int(tokens) if tokens is not None else None,
-            "tokens_per_sec": statistics.fmean(throughput) if throughput else None}
+            "tokens_seen": int(tokens[1][-1]) if tokens is not None and len(tokens[1]) else None,
+            "tokens_per_sec": float(throughput[1].mean())
+            if throughput is not None and len(throughput[1]) else None}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
