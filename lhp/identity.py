@@ -35,6 +35,7 @@ EXECUTION_ONLY: tuple[str, ...] = (
     "callbacks.vram_budget.*", "callbacks.topology_metrics.*",
 )
 
+MAX_TAG = 64
 _OVERRIDE = re.compile(r"^(?:\+\+|\+|~)?([^=]+)(?:=(.*))?$")
 
 
@@ -153,4 +154,5 @@ def run_tags(tags: Iterable[str], overrides: Iterable[str], seed: Any, commit: s
         out.append(f"git:{commit[:7]}")
         if commit.endswith("-dirty"):
             out.append("dirty")
-    return list(dict.fromkeys(out))  # unique, in order
+    out = [t if len(t) <= MAX_TAG else t[:MAX_TAG - 3] + "..." for t in out]  # W&B: 1-64 chars
+    return list(dict.fromkeys(t for t in out if t))  # unique, in order

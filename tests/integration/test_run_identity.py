@@ -111,3 +111,10 @@ def test_resume_auto_skips_another_identitys_run(tmp_path: Path, caplog) -> None
     with caplog.at_level("INFO"):
         _, objects = train(cfg)
     assert "starting fresh" in caplog.text and objects["trainer"].global_step == 10
+
+
+def test_tags_fit_wandb_limits() -> None:
+    from lhp.identity import run_tags
+
+    tags = run_tags(["x"], [f"data.books=[{'/very/long/path' * 10}]"], 1, "abc1234def-dirty")
+    assert all(1 <= len(t) <= 64 for t in tags) and "dirty" in tags and "git:abc1234" in tags
