@@ -57,13 +57,24 @@ def _run_job_type(job_type: str | None, task_name: str) -> str:
     return job_type or ("sweep-trial" if _hydra_overrides()[1] else task_name)
 
 
+def _run_group(run_name: str) -> str:
+    """``${run_group:${run_name}}``: the experiment; in a multirun, the sweep (its directory name),
+    so one sweep's trials form one W&B group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not _hydra_overrides()[1]:
+        return run_name
+    return f"{run_name}_{Path(str(HydraConfig.get().sweep.dir)).name}"
+
+
 def _run_tags(tags: list, seed: object) -> list[str]:
     """``${run_tags:${tags},${seed}}``: tags + identity overrides + seed + git commit."""
     return run_tags(tags, _hydra_overrides()[0], seed, git_commit(REPO_ROOT))
 
 
 for _name, _fn in (("mixed_precision", _mixed_precision), ("run_label", _run_label),
-                   ("run_slug", _run_slug), ("run_job_type", _run_job_type), ("run_tags", _run_tags)):
+                   ("run_slug", _run_slug), ("run_job_type", _run_job_type), ("run_tags", _run_tags),
+                   ("run_group", _run_group)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 
