@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import hydra
 import torch
 from omegaconf import open_dict
 
 from callbacks.topology_metrics import TopologyMetrics, diagram_image
 from experiments.bench import common
-from experiments.utils import compose_config
+from experiments.utils import compose_config, instantiate
 from lhp.errors import entry_point
 from lit_models.optim import build_optimizer
 
@@ -62,10 +61,11 @@ def quick(out: Path, experiment: str, steps: int, rounds: int, overrides: list[s
     cfg = compose_config("train", [f"experiment={experiment}", "callbacks=with_topology",
                                    f"paths.log_dir={out}/logs", *overrides], out)
     dm = common.fit_datamodule(cfg)
-    model = hydra.utils.instantiate(cfg.model, arch_config={"vocab_size": dm.vocab_size},
-                                    _convert_="all")
+    model = instantiate(cfg.model, "model", arch_config={"vocab_size": dm.vocab_size},
+                        _convert_="all")
     opt = build_optimizer(model.net, **cfg.model.optimizer)
-    cb: TopologyMetrics = hydra.utils.instantiate(cfg.callbacks.topology_metrics, _convert_="all")
+    cb: TopologyMetrics = instantiate(cfg.callbacks.topology_metrics, "callbacks.topology_metrics",
+                                      _convert_="all")
     cb.setup(None, model, "fit")
     # The callback's own hook picks the probe batch from the validation loader (as in training).
     cb.on_train_start(SimpleNamespace(is_global_zero=True, datamodule=dm), model)
