@@ -124,8 +124,9 @@ def kill_and_resume(root: Path, kills: int = 3, max_steps: int = 40, every: int 
     for k in range(kills):
         run_dir = root / "logs" / "train" / "killed" / f"attempt{k}"
         proc = _launch(train_cmd(root, "killed", f"attempt{k}", max_steps, every, extra), env)
-        target = rng.randrange(resumed_from + 2, max_steps - 2)
-        at_write = k == kills - 1  # the last kill lands inside a checkpoint write
+        at_write = k == kills - 1  # the last kill lands inside a checkpoint write: aim early,
+        # so that several writes remain to catch however fast the machine is
+        target = rng.randrange(resumed_from + 2, max_steps - 2) if not at_write else resumed_from + 1
         if not _wait_and_kill(proc, run_dir, target, at_write):
             break
         report.kills += 1
@@ -170,21 +171,25 @@ def kill_add_book(root: Path, kills: int = 2, seed: int = 0) -> dict[str, Any]:
     AtlasLibrary.create(library, net, chars)
     book = root / "book.txt"
     book.write_text("the quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
-    cmd = [sys.executable, "-m", "experiments.atlas", "add-book", "--library", str(library),
-           "--book", str(book), "--steps", "400", "--batch-size", "256"]
+    def cmd(steps: int) -> list[str]:
+        return [sys.executable, "-m", "experiments.atlas", "add-book", "--library", str(library),
+                "--book", str(book), "--steps", str(steps), "--batch-size", "256"]
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     problems: list[str] = []
     killed = 0
     for _ in range(kills):
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        # far more steps than fit before the kill, so it lands at a seeded random moment of
+        # start-up or key fitting whatever the machine's speed
+        proc = subprocess.Popen(cmd(10**7), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(2.0, 8.0))  # start-up (imports) is ~3-6 s here, fitting a few s
+        time.sleep(rng.uniform(1.0, 8.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             killed += 1
         proc.wait()
         problems += AtlasLibrary(library).verify()
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    done = subprocess.run(cmd(200), cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     if done.returncode != 0:
         problems.append(f"final add-book failed: {done.stderr[-500:]}")
     lib = AtlasLibrary(library)
