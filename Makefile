@@ -42,7 +42,7 @@ check: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 \
-		--ignore=tests --score=n lhp datamodules lit_models callbacks experiments
+		--ignore=tests --score=n lhp datamodules lit_models callbacks analysis experiments
 
 # The reliability figures: fuzz-corpus summary, then the kill-test figures (docs/reliability.md).
 reliability: install
