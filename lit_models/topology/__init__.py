@@ -1,5 +1,6 @@
 """Topology engine (TCS): persistence of point clouds, diagram statistics and distances,
-Betti-change events, a streaming window analyser and differentiable persistence losses.
+Betti-change events, a streaming window analyser and differentiable persistence losses; Hodge
+Laplacians, smooth Betti numbers, quantum walks and sheaf diffusion (TCS v8/v9).
 
 Built on GUDHI (complexes, persistence, bottleneck), ``gudhi.wasserstein`` (POT) and scipy
 (kd-trees, MST). No Lightning import: callbacks and architectures wrap these functions.
@@ -22,26 +23,51 @@ from lit_models.topology.differentiable import (
     wasserstein_loss,
 )
 from lit_models.topology.events import BettiEvent, betti_events
+from lit_models.topology.hodge import (
+    SimplicialComplex,
+    complex_from_simplices,
+    hodge_betti,
+    hodge_laplacian,
+    hodge_laplacian_torch,
+    rips_complex,
+    smooth_betti,
+)
 from lit_models.topology.mst import euclidean_mst
 from lit_models.topology.persistence import METHODS, choose_method, compute_persistence
+from lit_models.topology.quantum_walk import chebyshev_walk, eig_walk, mixing_time, spectral_gap
+from lit_models.topology.sheaf import SheafDiffusion, knn_graph, sheaf_laplacian
 from lit_models.topology.streaming import StreamingAnalyzer
 
 __all__ = [
     "METHODS",
     "BettiEvent",
     "Diagram",
+    "SheafDiffusion",
+    "SimplicialComplex",
     "StreamingAnalyzer",
     "betti_curve",
     "betti_events",
     "betti_numbers",
     "betti_target_loss",
     "bottleneck",
+    "chebyshev_walk",
     "choose_method",
+    "complex_from_simplices",
     "compute_persistence",
     "diagram_torch",
+    "eig_walk",
     "empty_diagram",
     "euclidean_mst",
+    "hodge_betti",
+    "hodge_laplacian",
+    "hodge_laplacian_torch",
+    "knn_graph",
+    "mixing_time",
     "persistence_entropy",
+    "rips_complex",
+    "sheaf_laplacian",
+    "smooth_betti",
+    "spectral_gap",
     "total_persistence",
     "total_persistence_loss",
     "wasserstein",
