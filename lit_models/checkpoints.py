@@ -282,6 +282,9 @@ def select_resume_checkpoint(run_root: str | Path, config: Mapping[str, Any] | N
 
     own = Path(own_dir).resolve() if own_dir is not None else None
     for path in _candidates(Path(run_root), own):
+        mine = own is not None and path.resolve().is_relative_to(own)
+        if config is not None and not mine and _peek_differs(path, config):
+            continue  # another identity's run: not worth a full load and checksum
         try:
             ckpt = load_checkpoint(path)
         except UserError as err:
@@ -289,6 +292,19 @@ def select_resume_checkpoint(run_root: str | Path, config: Mapping[str, Any] | N
             continue
         stored = ((ckpt.get("platform") or {}).get("config")) if config is not None else None
         diffs = config_differences(stored, config) if isinstance(stored, dict) else []
-        if not diffs or (own is not None and path.resolve().is_relative_to(own)):
+        if not diffs or mine:
             return path, ckpt, diffs
     return None, {}, []
+
+
+def _peek_differs(path: Path, config: Mapping[str, Any]) -> bool:
+    """Whether a torch.save checkpoint's stored config differs from ``config``, read through
+    ``mmap`` so the weights are not loaded (other formats: False, decided after a full load)."""
+    from lhp.identity import config_differences
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint (SQLite, corrupt): full load decides
+        return False
+    stored = (ckpt.get("platform") or {}).get("config") if isinstance(ckpt, dict) else None
+    return isinstance(stored, dict) and bool(config_differences(stored, config))
