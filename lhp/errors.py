@@ -32,7 +32,7 @@ class TrainingDiverged(UserError):
     """A loss or metric became NaN/inf: the run stopped; the message names the last good checkpoint."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
+def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: ours, plus config errors of Hydra/OmegaConf (the user's
     override or YAML), imported lazily so this module stays dependency-free."""
     types: list[type[BaseException]] = [UserError]
@@ -54,7 +54,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 def user_error_in(err: BaseException) -> BaseException | None:
     """``err`` or the first user error among its causes (Hydra's instantiate wraps what a
     constructor raises in an ``InstantiationException``)."""
-    types = _user_error_types()
+    types = user_error_types()
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, types):

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhp.errors import _user_error_types
+from lhp.errors import user_error_types
 from tests.reliability.corpus import MARKER, Case, Seeds, build_cases, make_seeds
 
 CASE_TIMEOUT_S = 20
@@ -60,7 +60,7 @@ def _partials(directory: Path) -> list[str]:
 def run_case(case: Case, workdir: Path) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    user_errors = _user_error_types()
+    user_errors = user_error_types()
     try:
         with time_limit(CASE_TIMEOUT_S):
             target = case.make(workdir)
