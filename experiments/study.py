@@ -96,7 +96,9 @@ class Study:
                 f"job_type={variant}"]
 
     def command(self, run: Run, ckpt: Path | None = None) -> list[str]:
-        resume = [f"ckpt_path={ckpt}"] if ckpt else []
+        # no usable last.ckpt: resume=auto still picks any good checkpoint the run directory
+        # holds (the one selection function), else starts fresh
+        resume = [f"ckpt_path={ckpt}"] if ckpt else ["resume=auto"]
         return [sys.executable, "-m", "experiments.train", *self.overrides(run.variant, run.seed),
                 *resume, f"hydra.run.dir={run.dir}"]
 
