@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from lhp.errors import UserError
+from lhp.identity import flatten as identity_flatten
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values), steps ascending
 CONFIG_FILE = Path(".hydra") / "config.yaml"
@@ -144,15 +145,9 @@ def text(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys -> leaf values; lists become their text (``[0.9, 0.95]``)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = text(value) if isinstance(value, list | dict) else value
-    return flat
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> leaf values (``lhp.identity.flatten``); lists become their text."""
+    return {k: text(v) if isinstance(v, list | dict) else v for k, v in identity_flatten(tree).items()}
 
 
 def load_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from lhp.errors import UserError
 from lit_models.archs.registry import ARCHITECTURES, COORDINATE_ARCHITECTURES, make_config
 from lit_models.coordinate_decoder import CoordinateDecoder
 from lit_models.distillation import DistillationModel
+from lit_models.integrity import verify_integrity
 from lit_models.language_model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -91,16 +92,8 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     if verify:
-        _verify(ckpt, path)
+        verify_integrity(ckpt, path)
     return ckpt
-
-
-def _verify(ckpt: dict[str, Any], path: Path) -> None:
-    try:
-        from lit_models.integrity import verify_integrity
-    except ImportError:  # pragma: no cover - written together with the atomic checkpoint writer
-        return
-    verify_integrity(ckpt, path)
 
 
 def platform_meta(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
