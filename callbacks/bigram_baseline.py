@@ -11,10 +11,12 @@ import logging
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_models.baselines import bigram_cross_entropy
 
 log = logging.getLogger(__name__)
+_info, _warn = rank_zero_only(log.info), rank_zero_only(log.warning)  # once per run, not per rank
 
 
 class BigramBaseline(Callback):
@@ -34,16 +36,16 @@ class BigramBaseline(Callback):
         dm = trainer.datamodule
         if self.val_loss is None:
             if not (hasattr(dm, "train_tokens") and hasattr(dm, "val_tokens")):
-                log.warning("BigramBaseline: datamodule has no train_tokens()/val_tokens(); skipped")
+                _warn("BigramBaseline: datamodule has no train_tokens()/val_tokens(); skipped")
                 return
             stream, train = dm.val_tokens(), dm.train_tokens()
             if stream.numel() < 2 or train.numel() < 2:
-                log.warning("BigramBaseline: no training/validation token stream; skipped")
+                _warn("BigramBaseline: no training/validation token stream; skipped")
                 return
             self.val_loss, alpha = bigram_cross_entropy(
                 train, stream[:-1], stream[1:], dm.vocab_size
             )
-            log.info(f"Bigram baseline (add-{alpha:g} smoothing): val loss {self.val_loss:.4f} nats/token")
+            _info(f"Bigram baseline (add-{alpha:g} smoothing): val loss {self.val_loss:.4f} nats/token")
         for lg in trainer.loggers:
             lg.log_metrics({"baseline/bigram_val_loss": self.val_loss}, step=trainer.global_step)
 

@@ -53,8 +53,18 @@ class PackedDataset(Dataset):
         return self.tokens[: min(self.tokens.numel(), self.n_blocks * self.block_size + 1)]
 
 
+IGNORE_INDEX = -100  # a label that counts for nothing (cross-entropy's ignore_index)
+
+
 class ResumableSampler(Sampler[int]):
     """Seeded permutation per epoch (a pure function of seed and epoch), sharded by rank.
+
+    With several ranks every rank gets the same number of indices, so collective operations
+    (DDP buffer syncs, FSDP all-gathers) stay in step. Training (``shuffle=True``) pads by
+    repeating the first indices of the permutation: a few samples are seen twice per epoch, as
+    with PyTorch's ``DistributedSampler``. Evaluation (``shuffle=False``) pads with indices past
+    the end, which :class:`RankPadded` turns into samples whose every label is ignored, so each
+    sample is counted exactly once across ranks.
 
     ``skip(n)`` makes the next iteration start after the first ``n`` indices of this rank.
     """
@@ -80,8 +90,11 @@ class ResumableSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
-        per_rank = -(-self.num_samples // self.world_size)
-        order += order[: per_rank * self.world_size - len(order)]  # pad so ranks stay in step
+        missing = len(self) * self.world_size - len(order)  # pad so ranks stay in step
+        if self.shuffle:
+            order += order[:missing]
+        else:
+            order += range(self.num_samples, self.num_samples + missing)
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
@@ -91,6 +104,29 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
+
+
+class RankPadded(Dataset):
+    """An evaluation dataset plus the padding indices of :class:`ResumableSampler`: index
+    ``len(base) + k`` is a copy of sample 0 with every label ``IGNORE_INDEX`` and attention 0."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if i < len(self.base):
+            return self.base[i]
+        item = dict(self.base[0])
+        if "labels" not in item:
+            raise TypeError(f"{type(self.base).__name__} samples have no 'labels' to ignore; "
+                            "evaluation on several ranks needs them")
+        item["labels"] = torch.full_like(item["labels"], IGNORE_INDEX)
+        if "attention_mask" in item:
+            item["attention_mask"] = torch.zeros_like(item["attention_mask"])
+        return item
 
 
 class ResumableDataLoader(DataLoader):
@@ -137,6 +173,14 @@ def loader_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def rank_sampler(trainer: L.Trainer | None, num_samples: int, seed: int, shuffle: bool
+                 ) -> ResumableSampler:
+    """A :class:`ResumableSampler` for this process's rank of ``trainer`` (rank 0 of 1 without)."""
+    return ResumableSampler(num_samples, seed=seed, shuffle=shuffle,
+                            rank=trainer.global_rank if trainer else 0,
+                            world_size=trainer.world_size if trainer else 1)
+
+
 class TokenDataModule(L.LightningDataModule):
     """Loader plumbing shared by token datamodules.
 
@@ -158,14 +202,10 @@ class TokenDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def make_loader(self, dataset: Dataset, shuffle: bool) -> ResumableDataLoader:
-        trainer = self.trainer
-        sampler = ResumableSampler(
-            len(dataset), seed=self.hparams.seed, shuffle=shuffle,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
+        sampler = rank_sampler(self.trainer, len(dataset), self.hparams.seed, shuffle)
         return ResumableDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
+            dataset if shuffle else RankPadded(dataset), batch_size=self.batch_size,
+            sampler=sampler, drop_last=shuffle,
             num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
             generator=loader_generator(self.hparams.seed),
             persistent_workers=self.hparams.num_workers > 0,

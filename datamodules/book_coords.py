@@ -28,7 +28,7 @@ import torch
 from omegaconf import ListConfig
 from torch.utils.data import Dataset
 
-from datamodules.base import ResumableDataLoader, ResumableSampler, loader_generator
+from datamodules.base import IGNORE_INDEX, ResumableDataLoader, loader_generator, rank_sampler
 from datamodules.files import DataFormatError, read_text
 from lhp.errors import UserError
 
@@ -134,8 +134,12 @@ class CoordinateDataset(Dataset):
         return self.targets.numel()
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Indices past the end (evaluation padding on several ranks, ``ResumableSampler``)
+        give position 0 with target ``IGNORE_INDEX``: counted nowhere."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"coords": self.coords[idx], "targets": self.targets[idx],
+        pad = idx >= len(self)
+        idx = idx.masked_fill(pad, 0)
+        return {"coords": self.coords[idx], "targets": self.targets[idx].masked_fill(pad, IGNORE_INDEX),
                 "book_id": self.book_id[idx]}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -227,13 +231,8 @@ class BookCoordsDataModule(L.LightningDataModule):
         return [len(t) for t in self.texts]
 
     def _loader(self, shuffle: bool) -> ResumableDataLoader:
-        trainer = self.trainer
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        sampler = ResumableSampler(
-            len(self.dataset), seed=self.hparams.seed, shuffle=shuffle,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
+        sampler = rank_sampler(self.trainer, len(self.dataset), self.hparams.seed, shuffle)
         return ResumableDataLoader(
             self.dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
             collate_fn=_identity, num_workers=self.hparams.num_workers,

@@ -21,8 +21,10 @@ from callbacks.csv_logger import ResumableCSVLogger
 from callbacks.last_checkpoint import last_checkpoint_path
 from callbacks.run_metadata import RunMetadata
 from experiments import CONFIG_DIR
+from experiments.launch import cluster_plugins, requeued
 from experiments.utils import (
     apply_extras,
+    check_devices,
     check_target,
     git_commit,
     instantiate,
@@ -39,6 +41,7 @@ from lhp.errors import UserError, entry_point
 from lit_models.checkpoints import (
     check_recipe_fits_data,
     check_state_dict_fits,
+    is_sharded_checkpoint,
     load_checkpoint,
     select_resume_checkpoint,
 )
@@ -57,8 +60,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> tuple[str | None, dict[str, Any]]:
     """
     own_dir = Path(cfg.paths.output_dir)
     if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path), load_checkpoint(cfg.ckpt_path)
+        return str(cfg.ckpt_path), load_checkpoint(cfg.ckpt_path, sharded=True)
     resume = cfg.get("resume")
+    if resume in (None, False, "never") and requeued():
+        resume = "auto"  # a requeued Slurm job continues its own run
     if resume in (None, False, "never"):
         existing = sorted(own_dir.glob("checkpoints/*.ckpt"))
         if existing:
@@ -88,6 +93,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> tuple[str | None, dict[str, Any]]:
 def check_before_work(cfg: DictConfig) -> None:
     """Config values, constructible targets and a recipe that fits the data, before any work."""
     check_config(OmegaConf.to_container(cfg, resolve=True))
+    check_devices(cfg.trainer)
     for key in ("data", "model"):
         check_target(cfg[key].get("_target_"), key)
     check_recipe_fits_data(hydra.utils.get_class(cfg.model._target_),
@@ -130,7 +136,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info(f"Instantiating model <{cfg.model._target_}> ({cfg.model.arch})")
     model: L.LightningModule = instantiate(cfg.model, "model", _convert_="all")
-    if ckpt_path:
+    if ckpt_path and is_sharded_checkpoint(ckpt_path):
+        if "FSDP2Strategy" not in str(OmegaConf.select(cfg, "trainer.strategy._target_")):
+            raise UserError(f"ckpt_path: {ckpt_path} is a sharded checkpoint directory; resume it "
+                            "with trainer=fsdp (any number of processes)")
+    elif ckpt_path:
         check_state_dict_fits(model, ckpt.get("state_dict") or {}, f"checkpoint {ckpt_path}")
     start_step = int(ckpt.get("global_step", 0)) if ckpt_path else 0
     del ckpt
@@ -138,7 +148,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks.append(RunMetadata(OmegaConf.to_container(cfg, resolve=True), git_commit()))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    # inside Slurm: Lightning's auto-requeue off (submitit or the batch script owns USR1)
+    cluster = cluster_plugins()
+    plugins = {"plugins": [*instantiate_group(OmegaConf.create({str(i): p for i, p in enumerate(
+        cfg.trainer.get("plugins") or [])}), "trainer plugin"), *cluster]} if cluster else {}
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers,
+                                     **plugins)
     log_hyperparameters(cfg, model, loggers, datamodule)
     for lg in loggers:
         if isinstance(lg, ResumableCSVLogger):  # one unbroken history: drop rows to be redone
@@ -160,9 +175,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     write_summary(loggers, metrics, float(ckpt_cb.best_model_score)
                   if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None)
-    if cfg.get("log_checkpoint_artifact") and final:
-        _log_checkpoint_artifact(trainer, final)
-    _print_summary(metrics, best, trainer)
+    if trainer.is_global_zero:  # other ranks of a multi-process run share these results
+        if cfg.get("log_checkpoint_artifact") and final:
+            _log_checkpoint_artifact(trainer, final)
+        _print_summary(metrics, best, trainer)
     return metrics, objects
 
 

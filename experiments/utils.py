@@ -91,6 +91,30 @@ def check_targets(cfg: Any, key: str) -> None:
             check_targets(value, f"{key}[{i}]")
 
 
+def available_cpus() -> int:
+    """CPU cores this process may use (its affinity; under Slurm the job's cores on the node)."""
+    import os
+
+    return max(len(os.sched_getaffinity(0)), int(os.environ.get("SLURM_CPUS_ON_NODE") or 0))
+
+
+def check_devices(trainer_cfg: Any) -> None:
+    """``trainer.devices`` (an int) fits this machine: at most its GPUs, or on CPU one process
+    per available core. Other forms ("auto", lists) are left to Lightning."""
+    devices, accelerator = trainer_cfg.get("devices"), trainer_cfg.get("accelerator")
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        return
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus):
+        if devices > gpus:
+            raise UserError(f"trainer.devices={devices}, but this machine has {gpus} GPU(s): set "
+                            f"trainer.devices<={gpus}, or trainer.accelerator=cpu for CPU processes")
+    elif accelerator in ("cpu", "auto") and devices > available_cpus():
+        raise UserError(f"trainer.devices={devices} CPU processes, but only {available_cpus()} CPU "
+                        f"core(s) are available here: set trainer.devices<={available_cpus()} "
+                        "(one core per process)")
+
+
 def instantiate(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` after :func:`check_targets` on the whole subtree."""
     check_targets(cfg, key)

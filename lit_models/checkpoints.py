@@ -61,15 +61,35 @@ def _short_reason(err: BaseException) -> str:
     return reason.split(". Check the")[0].strip() or type(err).__name__
 
 
-def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+SHARDED_METADATA = "meta.pt"  # Lightning's metadata file inside a sharded checkpoint directory
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A directory of per-rank shards (``trainer=fsdp`` with ``save_distributed_checkpoint``)."""
+    return Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
+
+
+def load_checkpoint(path: str | Path, verify: bool = True, sharded: bool = False) -> dict[str, Any]:
     """Load a checkpoint (torch.save or SQLite weight store) with ``weights_only=True``.
 
     Verifies the weights checksum when the checkpoint carries one. Every failure is a
-    ``UserError`` naming the file.
+    ``UserError`` naming the file. A sharded checkpoint directory is refused unless ``sharded``
+    (a multi-process resume: then only its metadata is returned, Lightning reads the shards).
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    if is_sharded_checkpoint(path):
+        if not sharded:
+            raise UserError(
+                f"checkpoint {path} is a sharded directory (trainer=fsdp with "
+                "trainer.strategy.save_distributed_checkpoint=true): one process cannot load it; "
+                "resume it with trainer=fsdp, or train with the default "
+                "save_distributed_checkpoint=false for checkpoints that load anywhere")
+        try:
+            return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors have many types
+            raise UserError(f"cannot load checkpoint {path}: {_short_reason(err)}") from err
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a regular file")
     from lit_models.compression.store import is_weight_store
@@ -249,7 +269,8 @@ def _candidates(run_root: Path, own_dir: Path | None) -> list[Path]:
     directory before others, ``last.ckpt`` before other checkpoints, newest first."""
     roots = [run_root] + ([own_dir] if own_dir is not None else [])
     files = list({p.resolve(): p for root in roots for p in root.rglob("*.ckpt")
-                  if p.is_file() and p.parent.name == "checkpoints"}.values())
+                  if (p.is_file() or is_sharded_checkpoint(p))
+                  and p.parent.name == "checkpoints"}.values())
     own = own_dir.resolve() if own_dir is not None else None
 
     def rank(p: Path) -> tuple[bool, bool, float]:
@@ -279,7 +300,7 @@ def select_resume_checkpoint(run_root: str | Path, config: Mapping[str, Any] | N
         if config is not None and not mine and _peek_differs(path, config):
             continue  # another identity's run: not worth a full load and checksum
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, sharded=True)
         except UserError as err:
             log.warning(f"resume: skipping {path}: {err}; trying the previous checkpoint")
             continue
@@ -295,6 +316,8 @@ def _peek_differs(path: Path, config: Mapping[str, Any]) -> bool:
     ``mmap`` so the weights are not loaded (other formats: False, decided after a full load)."""
     from lhp.identity import config_differences
 
+    if is_sharded_checkpoint(path):
+        path = path / SHARDED_METADATA
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - not a zip checkpoint (SQLite, corrupt): full load decides

@@ -56,6 +56,8 @@ class BookReconstruction(Metric):
             self.add_state(name, torch.zeros(num_books, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, book_id: torch.Tensor) -> None:
+        keep = targets >= 0  # evaluation padding on several ranks has target -100
+        logits, targets, book_id = logits[keep], targets[keep], book_id[keep]
         nll = F.cross_entropy(logits.float(), targets, reduction="none").double()
         correct = (logits.argmax(-1) == targets).double()
         self.nll.index_add_(0, book_id, nll)

@@ -115,8 +115,10 @@ class LanguageModel(TrainingRecipe):
         logits, ce, aux = self._loss(batch, teacher)
         total = self.total_loss(ce, self.weighted_terms(batch, logits, aux, teacher))
         mask = batch.get("attention_mask")
-        n_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        self.tokens_seen += n_tokens * self.trainer.world_size
+        n_tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+        if self.trainer.world_size > 1:  # every rank counts the same global total (token budget)
+            n_tokens = self.trainer.strategy.reduce(n_tokens.double(), reduce_op="sum")
+        self.tokens_seen += int(n_tokens)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)
         return total
 

@@ -123,6 +123,17 @@ class TrainingRecipe(L.LightningModule):
         self.log("train/loss_ce", ce, on_step=True)
         return total
 
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp`` (a device mesh is set), shard ``self.net`` block by block.
+
+        Lightning calls this on every strategy; without a mesh it does nothing.
+        """
+        mesh = self.device_mesh
+        if mesh is not None:
+            from lit_models.strategies import shard_network
+
+            shard_network(self.net, self.hparams.arch, mesh["data_parallel"])
+
     def configure_optimizers(self) -> dict:
         opt_cfg = {**self.OPTIMIZER_DEFAULTS, **self.hparams.optimizer}
         sched_cfg = {**self.SCHEDULER_DEFAULTS, **self.hparams.scheduler}

@@ -117,27 +117,44 @@ class GPTConfig:
             block += 2 * elem * x
         return block + (4 * elem * x + 4 * b * self.n_head * s)
 
+    def head_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """The head: final LN input 4x, head input ex, float32 log-softmax output 4*b*s*V."""
+        return (4 + elem) * (b * s * self.n_embd) + 4 * b * s * self.vocab_size
+
+    def loss_transient_bytes(self, b: int, s: int, elem: int) -> float:
+        """Live beside every saved activation when the loss's backward starts: the logits the
+        training step holds (e*b*s*V; under mixed precision their float32 copy for the loss is
+        freed once the log-softmax is saved) and the float32 gradients of the log-softmax output
+        and input, 8*b*s*V."""
+        return (elem + 8) * b * s * self.vocab_size
+
+    def block_backward_bytes(self, b: int, s: int, elem: int) -> float:
+        """Temporaries of one block's backward beside the saved activations: the incoming and
+        outgoing residual gradients 8x, the MLP's hidden gradient 2*e*f/h x (f = MLP width) and,
+        for SDPA, the q, k, v gradients 3ex (the fused kernels keep no (s, s) matrix)."""
+        return (8 + 2 * elem * self.mlp_hidden / self.n_embd + 3 * elem) * (b * s * self.n_embd)
+
     def activation_bytes(self, b: int, s: int, elem: int, checkpointing: bool | None = None
                          ) -> tuple[int, int]:
-        """(saved activations, cross-entropy backward transient) in bytes for one micro-batch.
+        """(saved activations, backward transient) in bytes for one micro-batch.
 
-        Embeddings and every block as above, plus the head: final LN input 4x, head input ex,
-        float32 log-softmax output 4*b*s*V. With ``checkpointing`` (default: the config's
-        ``activation_checkpointing``) each block keeps only its input (4x) and one block is
-        live again during its recomputation. Transient: float32 log-prob and logit gradients,
-        8*b*s*V.
+        Saved: the embeddings, every block and the head as above. With ``checkpointing``
+        (default: the config's ``activation_checkpointing``) each block keeps only its input
+        (4x) and one block is live again during its recomputation. Transient: the larger of the
+        loss's (``loss_transient_bytes``) and one block's backward (``block_backward_bytes``).
         """
         if checkpointing is None:
             checkpointing = self.activation_checkpointing
         x = b * s * self.n_embd
         block = self.block_activation_bytes(b, s, elem)
-        head = (4 + elem) * x + 4 * b * s * self.vocab_size
         layers = (4 * x * self.n_layer + block) if checkpointing else block * self.n_layer
-        embed = self.embedding_activation_bytes(b, s, elem)
-        return int(embed + layers + head), 8 * b * s * self.vocab_size
+        saved = (self.embedding_activation_bytes(b, s, elem) + layers
+                 + self.head_activation_bytes(b, s, elem))
+        transient = max(self.loss_transient_bytes(b, s, elem), self.block_backward_bytes(b, s, elem))
+        return int(saved), int(transient)
 
 
-@register("gpt", GPTConfig)
+@register("gpt", GPTConfig, shard_unit=Block)
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()

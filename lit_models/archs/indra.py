@@ -43,6 +43,7 @@ from torch import nn
 
 from lit_models.archs.gpt import GPT, GPTConfig
 from lit_models.archs.registry import TeacherSignal, register
+from lit_models.components.block import Block
 
 PROJECTORS = ("complex", "real")
 
@@ -72,6 +73,32 @@ class IndraConfig(GPTConfig):
     @property
     def n_complex(self) -> int:
         return self.n_embd // 2
+
+    def _projector_bytes(self, rows: int, elem: int) -> float:
+        """What the input path saves per row (a token, or a vocabulary entry for the tied head):
+        the LayerNorm input 4d and output ed (d = d_model); the complex projector's magnitude
+        pre-activation, softplus, phase, cos and sin, ec each (c = n_complex), the real one
+        nothing more."""
+        per_row = (4 + elem) * self.d_model
+        if self.projector == "complex":
+            per_row += 5 * elem * self.n_complex
+        return rows * per_row
+
+    def embedding_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """Indra's input: the projector path above for every token (its output, the backbone's
+        input, is the first block's saved input) and the dropout mask 1x when dropout > 0."""
+        drop = 1 if self.dropout > 0 else 0
+        return self._projector_bytes(b * s, elem) + drop * (b * s * self.n_embd)
+
+    def head_activation_bytes(self, b: int, s: int, elem: int) -> float:
+        """The GPT's head; the tied head also projects the whole vocabulary each step (the
+        projector path for V rows, independent of the batch) and keeps the V x n_embd states
+        for the score matmul's backward (e V n_embd)."""
+        head = super().head_activation_bytes(b, s, elem)
+        if self.tie_embeddings:
+            head += (self._projector_bytes(self.vocab_size, elem)
+                     + elem * self.vocab_size * self.n_embd)
+        return head
 
 
 class QuantumProjector(nn.Module):
@@ -106,7 +133,7 @@ class RealProjector(nn.Module):
         return self.proj(h), None, None
 
 
-@register("indra", IndraConfig)
+@register("indra", IndraConfig, shard_unit=Block)
 class Indra(GPT):
     """The GPT with its own input (embedding of width ``d_model`` -> LayerNorm -> projector) and
     head (complex inner product with each token's projected state, or an untied matrix)."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from lit_models.archs.gpt import GPT, GPTConfig
 from lit_models.archs.registry import TeacherSignal, register
+from lit_models.components.block import Block
 from lit_models.components.geo_attention import GeoSelfAttention
 from lit_models.components.qembed import QEmbed
 from lit_models.components.rope import RotaryEmbedding
@@ -94,8 +95,14 @@ class QTGConfig(GPTConfig):
         return self.block_base_activation_bytes(b, s, elem) + (
             (24 + 8) * (b * s * self.n_embd) + 8 * b * self.n_head * s * s)
 
+    def block_backward_bytes(self, b: int, s: int, elem: int) -> float:
+        """Dot attention: the GPT's. Fisher-Rao attention adds the float32 gradients of its
+        (b, heads, s, s) probability and score matrices, 8 * b * heads * s^2 bytes."""
+        base = super().block_backward_bytes(b, s, elem)
+        return base if self.attention == "dot" else base + 8 * b * self.n_head * s * s
 
-@register("qtg", QTGConfig)
+
+@register("qtg", QTGConfig, shard_unit=Block)
 class QTG(GPT):
     def __init__(self, config: QTGConfig) -> None:
         super().__init__(config)

@@ -13,7 +13,9 @@ implements:
   others ignore it.
 * ``diagnostics(idx, mask) -> dict`` of scalars to monitor, without gradient (empty for most);
 * ``setup_kv_cache`` / ``clear_kv_cache`` for generation;
-* ``activation_checkpointing`` in its config: recompute each block in backward.
+* ``activation_checkpointing`` in its config: recompute each block in backward;
+* ``shard_unit``, given to :func:`register`: the block class that fully-sharded data parallel
+  (``trainer=fsdp``) wraps one by one, so only one block's full parameters exist at a time.
 
 The LightningModule builds it from the name and a plain dict of config values, so checkpoints
 hold only primitives and load without Hydra.
@@ -45,13 +47,17 @@ class TeacherSignal(NamedTuple):
 Table = dict[str, tuple[type, type[nn.Module]]]
 ARCHITECTURES: Table = {}
 COORDINATE_ARCHITECTURES: Table = {}
+SHARD_UNITS: dict[str, type[nn.Module]] = {}  # architecture name -> its block class (FSDP unit)
 
 
-def register(name: str, config_cls: type, table: Table = ARCHITECTURES
+def register(name: str, config_cls: type, table: Table = ARCHITECTURES,
+             shard_unit: type[nn.Module] | None = None
              ) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: ``@register("gpt", GPTConfig)`` on the module class."""
+    """Class decorator: ``@register("gpt", GPTConfig, shard_unit=Block)`` on the module class."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config for architecture {name!r} must be a dataclass")
+    if shard_unit is not None:
+        SHARD_UNITS[name] = shard_unit
 
     def wrap(module_cls: type[nn.Module]) -> type[nn.Module]:
         if name in table and table[name][1] is not module_cls:
@@ -85,3 +91,8 @@ def build_arch(name: str, values: Mapping[str, Any], table: Table = ARCHITECTURE
     """Instantiate architecture ``name`` from a plain dict of its config values."""
     _, module_cls = _lookup(name, table)
     return module_cls(make_config(name, values, table))
+
+
+def shard_unit(name: str) -> type[nn.Module] | None:
+    """The block class of architecture ``name`` that FSDP shards one by one (None: not named)."""
+    return SHARD_UNITS.get(name)
