@@ -161,10 +161,21 @@ def default_checkpoint() -> Path:
 
 
 class StepTimer(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+    """Wall time from the start of batch ``warmup`` to the end of the last batch.
 
-    def __init__(self, warmup: int) -> None:
+    With ``out``, rank zero writes ``{"tokens_per_s", "world_size", "steps"}`` there at the end of
+    fit (global tokens: this rank's count times the world size), for runs in another process.
+    """
+
+    def __init__(self, warmup: int, out: str | None = None) -> None:
         self.warmup, self.t0, self.t1, self.tokens = warmup, 0.0, 0.0, 0
+        self.out = out
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.out and trainer.is_global_zero and self.t1 > self.t0:
+            Path(self.out).write_text(json.dumps({
+                "tokens_per_s": self.tokens * trainer.world_size / (self.t1 - self.t0),
+                "world_size": trainer.world_size, "steps": trainer.global_step}))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:

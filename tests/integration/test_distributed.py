@@ -22,9 +22,10 @@ STEPS, HALF, GLOBAL_BATCH, BLOCK = 20, 10, 16, 32  # smoke_tiny: batch 8 per ran
 TIMEOUT_S = 300
 
 
-def train(root: Path, run_name: str, *overrides: str) -> tuple[Path, str]:
+def train(root: Path, run_name: str, *overrides: str, experiment: str = "smoke_tiny"
+          ) -> tuple[Path, str]:
     """Run one training; return its run directory and output (fails the test with the output)."""
-    cmd = [sys.executable, "-m", "experiments.train", "experiment=smoke_tiny", "logger=csv",
+    cmd = [sys.executable, "-m", "experiments.train", f"experiment={experiment}", "logger=csv",
            f"run_name={run_name}", f"paths.log_dir={root / 'logs'}",
            f"paths.data_dir={root / 'data'}", "extras.print_config=false", "test=false",
            "trainer.limit_val_batches=null", *overrides]

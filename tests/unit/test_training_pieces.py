@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from datamodules.base import PackedDataset, ResumableDataLoader, ResumableSampler
+from datamodules.base import (
+    IGNORE_INDEX,
+    PackedDataset,
+    RankPadded,
+    ResumableDataLoader,
+    ResumableSampler,
+)
 from lit_models.archs import build_arch
 from lit_models.baselines import bigram_cross_entropy
 from lit_models.optim import param_groups, warmup_cosine
@@ -58,6 +64,21 @@ def test_sampler_shards_ranks_disjointly() -> None:
     shards = [list(ResumableSampler(10, seed=0, rank=r, world_size=2)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 5
     assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+def test_training_shards_pad_with_repeats_evaluation_shards_with_ignored_samples() -> None:
+    train = [list(ResumableSampler(11, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(train[0]) == len(train[1]) == 6 and set(train[0] + train[1]) == set(range(11))
+    evals = [list(ResumableSampler(11, shuffle=False, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(evals[0]) == len(evals[1]) == 6
+    real = [i for shard in evals for i in shard if i < 11]
+    assert sorted(real) == list(range(11))  # every sample exactly once across ranks
+    ds = RankPadded(PackedDataset(torch.arange(34), block_size=3, pad_id=0))  # 11 blocks
+    assert len(ds) == 11
+    [pad] = [i for shard in evals for i in shard if i >= 11]
+    item = ds[pad]
+    assert (item["labels"] == IGNORE_INDEX).all() and (item["attention_mask"] == 0).all()
+    assert torch.equal(ds[3]["labels"], PackedDataset(torch.arange(34), 3, pad_id=0)[3]["labels"])
 
 
 def test_loader_resumes_mid_epoch() -> None:
