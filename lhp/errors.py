@@ -68,9 +68,23 @@ def show_tracebacks() -> bool:
     return any(os.environ.get(name, "") not in ("", "0") for name in (TRACEBACK_ENV, "HYDRA_FULL_ERROR"))
 
 
+def _unparsable_override() -> str | None:
+    """The command-line override Hydra's grammar rejects for an unquoted ``=`` or ``,`` in its
+    value (run directories such as ``.../lr=5e-3,n_layer=4/seed1`` contain both)."""
+    for arg in sys.argv[1:]:
+        key, eq, value = arg.partition("=")
+        if eq and value[:1] not in ("'", '"', "[", "{") and ("=" in value or "," in value):
+            return arg
+    return None
+
+
 def one_line(err: BaseException) -> str:
     """``error: <message>`` with the causes' messages folded in, on one line."""
     text = " ".join(str(err).split()) or type(err).__name__
+    if type(err).__name__ == "OverrideParseException" and (arg := _unparsable_override()):
+        key, _, value = arg.partition("=")
+        return (f"error: cannot parse the override {arg!r}: a value containing '=' or ',' must be "
+                f"quoted, e.g. {key}=\"'{value}'\" ({text})")
     cause = err.__cause__
     if cause is not None and not isinstance(err, UserError):
         text += f" ({' '.join(str(cause).split())})"

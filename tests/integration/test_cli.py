@@ -48,6 +48,14 @@ def test_unknown_command_is_one_line_and_exit_2() -> None:
     assert done.stderr.startswith("error: unknown command 'no-such-command'; one of: train,")
 
 
+def test_unquoted_run_directory_override_says_how_to_quote(tmp_path: Path) -> None:
+    path = tmp_path / "lr=5e-3,n_layer=4" / "last.ckpt"  # a run directory of an identity
+    done = lhp("evaluate", f"ckpt_path={path}")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert f"""must be quoted, e.g. ckpt_path="'{path}'\"""" in done.stderr
+
+
 def test_bench_help_lists_benchmarks_without_helpers(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
