@@ -9,6 +9,10 @@ and beta1 per analysed window, event marks, over the text position in characters
 ``events.json`` and ``summary.json`` to the output directory, logs the plot and the summary to
 the configured loggers (W&B offline by default, as an image via ``WandbLogger.log_image``) and
 ends with the end-to-end throughput (tokens/s, embedder + topology).
+
+Window diagrams go through a ``TopologyCache`` (``cache.*``: memory LRU, then an SQLite file
+shared by runs), so a text streamed again through the same model is answered from the cache;
+the summary reports its hit rate and per-tier latencies (``cache_*`` keys).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from experiments import CONFIG_DIR
 from experiments.utils import apply_extras, instantiate_group, task_wrapper, wandb_loggers
 from lhp.errors import UserError, entry_point
 from lit_models.embedder import StatefulEmbedder
-from lit_models.topology import BettiEvent, StreamingAnalyzer
+from lit_models.topology import BettiEvent, StreamingAnalyzer, TopologyCache
 
 log = logging.getLogger("experiments.tcs_stream")
 EVENT_STYLE = {"split": ("tab:red", "^"), "merge": ("tab:green", "v"),
@@ -149,7 +153,34 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise UserError(f"text_chunk_chars must be a positive int, got {cfg.text_chunk_chars!r}")
     text = read_text(cfg.text_path, cfg.get("max_chars"))
     embedder = build_embedder(cfg)
-    analyzer = StreamingAnalyzer(**OmegaConf.to_container(cfg.analyzer, resolve=True))
+    cache = build_cache(cfg)
+    try:
+        return _stream(cfg, text, embedder, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def build_cache(cfg: DictConfig) -> TopologyCache | None:
+    """The topology cache of ``cfg.cache`` (None when disabled)."""
+    spec = cfg.get("cache") or {}
+    if not spec.get("enabled", False):
+        return None
+    path = spec.get("path")
+    if path and Path(path).is_dir():
+        raise UserError(f"cache.path {path!r} is a directory; give a file path (or null for a "
+                        "memory-only cache)")
+    try:
+        return TopologyCache(path, memory_items=spec.get("memory_items", 256),
+                             bloom=bool(spec.get("bloom", False)))
+    except (ValueError, OSError) as err:
+        raise UserError(f"cache: cannot open the topology cache at {path!r}: {err}") from err
+
+
+def _stream(cfg: DictConfig, text: str, embedder: StatefulEmbedder,
+            cache: TopologyCache | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    analyzer = StreamingAnalyzer(**OmegaConf.to_container(cfg.analyzer, resolve=True),
+                                 cache=cache)
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"{embedder!r}; {len(text):,} characters from {cfg.text_path}")
 
@@ -181,6 +212,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "latency_ms_max": stats["latency_ms_max"], "evictions": embedder.evictions,
         "embed_seconds": embed_s, "topology_seconds": topo_s, "wall_seconds": wall,
         "tokens_per_s": len(ids) / wall, "embed_tokens_per_s": len(ids) / max(embed_s, 1e-9),
+        **({f"cache_{k}": v for k, v in cache.stats().items()} if cache is not None else {}),
     }
     events = [{**asdict(e), "char_position": int(to_chars[e.position])} for e in trace.events]
     (out_dir / "events.json").write_text(json.dumps(events, indent=1))
@@ -201,6 +233,13 @@ def _run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print(f"... {len(events) - cfg.print_events} more events in {out_dir / 'events.json'}")
     print(f"events: {dict(kinds)}; windows analysed: {stats['windows_analysed']}; analysis "
           f"latency p50 {stats['latency_ms_p50']:.1f} ms; plot: {plot}")
+    if cache is not None:
+        print(f"topology cache: hit rate {summary['cache_hit_rate']:.1%} ("
+              f"{summary['cache_memory_hits']} memory, {summary['cache_disk_hits']} disk, "
+              f"{summary['cache_misses']} misses); lookup ms: memory hit "
+              f"{summary['cache_ms_memory_hit']:.3f}, disk hit {summary['cache_ms_disk_hit']:.3f}, "
+              f"miss {summary['cache_ms_miss']:.3f}; compute on a miss "
+              f"{summary['cache_ms_compute']:.1f} ms")
     print(f"{len(ids):,} tokens in {wall:.1f} s (embedder {embed_s:.1f} s, topology "
           f"{topo_s:.1f} s): {summary['tokens_per_s']:,.0f} tokens/s end to end")
     return summary, {"embedder": embedder, "analyzer": analyzer, "trace": trace,

@@ -9,6 +9,14 @@ subsample: bottleneck distance between the H0 diagrams, relative error of total 
 and the streaming analyzer's per-window latency (10k-point window in R^3, 256 landmarks, H1 on
 the landmarks by GUDHI collapse, the old default, vs ripser, the new one).
 
+The Rips cases also time the engine's previous Rips path (ripser.py's private extension
+``pyRipser.doRipsFiltrationDM`` on a condensed float32 distance vector, "legacy pyRipser"),
+which giotto-ph's public threaded ``ripser_parallel`` replaced (issue 24).
+
+``gpu_checks(device, tiny)`` yields the GPU suite's figures (``experiments/bench/gpu_suite.py``):
+exact H0 of 1,000,000 points in R^3 by the torch grid Borůvka on ``device`` (v9 target < 1 s;
+``tiny``: 10,000 points, seconds on a CPU) and its agreement with the CPU MST.
+
 Direct calls are what a user would write: ``ripser.ripser(x, maxdim=1)``, GUDHI ``RipsComplex``
 (full, and with ``collapse_edges`` + ``expansion``), GUDHI ``AlphaComplex``, each followed by
 ``compute_persistence`` and the intervals. Calls that cannot run at a size are listed as
@@ -22,12 +30,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import gudhi
 import numpy as np
 import ripser
+import torch
+from pyRipser import doRipsFiltrationDM  # the engine's Rips path before issue 24, for timing
+from scipy.spatial.distance import pdist
 
 from experiments.bench import common
 from lhp.errors import entry_point
@@ -35,6 +46,8 @@ from lit_models.topology import (
     StreamingAnalyzer,
     bottleneck,
     compute_persistence,
+    euclidean_mst,
+    euclidean_mst_torch,
     total_persistence,
 )
 
@@ -50,6 +63,7 @@ class Case:
     engine: Callable[[], object]
     direct: dict[str, Callable[[], object] | str] = field(default_factory=dict)  # str: skipped
     seconds: float = math.nan  # the engine's, once run
+    legacy_ratio: float | None = None  # engine / the previous Rips path, Rips cases only
 
 
 def gudhi_rips(x: np.ndarray, max_dim: int, collapse: bool) -> list:
@@ -66,6 +80,38 @@ def gudhi_alpha(x: np.ndarray, max_dim: int) -> list:
     st = gudhi.AlphaComplex(points=x).create_simplex_tree()
     st.compute_persistence()
     return [st.persistence_intervals_in_dimension(d) for d in range(max_dim + 1)]
+
+
+def legacy_pyripser(x: np.ndarray, max_dim: int) -> dict:
+    """The engine's previous Rips call: ripser.py's extension on a condensed float32 vector."""
+    return doRipsFiltrationDM(pdist(x).astype(np.float32), max_dim, math.inf, 2, False)
+
+
+def gpu_checks(device: torch.device, tiny: bool) -> Iterator[tuple[str, float, str]]:
+    """(name, value, unit) figures of the CUDA H0 path on ``device``: seconds for the exact
+    MST of 1,000,000 uniform points in [0,1]^3 (``tiny``: 10,000), after a warm-up, and the
+    largest difference of its sorted edge lengths from the CPU MST on 5,000 points (tiny: 2,000)."""
+    n, n_check = (10_000, 2_000) if tiny else (1_000_000, 5_000)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, generator=gen, dtype=torch.float64).to(device)
+    euclidean_mst_torch(x[:n_check])  # warm-up: CUDA context, kernels, allocator
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    _, lengths = euclidean_mst_torch(x)
+    sync()
+    seconds = time.perf_counter() - t0
+    yield f"H0 exact MST {n:,} points R^3 on {device.type} (v9 target < 1 s at 1M)", seconds, "s"
+    yield f"H0 MST {n:,} points: edges", float(len(lengths)), "edges"
+    sub = x[:n_check]
+    got = np.sort(euclidean_mst_torch(sub)[1].cpu().numpy())
+    ref = np.sort(euclidean_mst(sub.cpu().numpy())[1])
+    yield (f"H0 {device.type} vs CPU MST, {n_check:,} points: max |sorted length diff|",
+           float(np.abs(got - ref).max()), "")
 
 
 def timed(fn: Callable[[], object], repeats: int, min_repeat_s: float) -> tuple[float, str]:
@@ -99,7 +145,8 @@ def build_cases(quick: bool, rng: np.random.Generator) -> list[Case]:
     for n in ((100,) if quick else (200, 500, 1000)):
         x = rng.normal(size=(n, 8))
         direct: dict[str, Callable[[], object] | str] = {
-            "ripser.ripser": lambda x=x: ripser.ripser(x, maxdim=1)}
+            "ripser.ripser": lambda x=x: ripser.ripser(x, maxdim=1),
+            "legacy pyRipser (engine before)": lambda x=x: legacy_pyripser(x, 1)}
         direct["gudhi Rips"] = ((lambda x=x: gudhi_rips(x, 1, collapse=False)) if n <= 500 else
                                 "skipped (full Rips of 1000 points in R^8: ~167M simplices)")
         direct["gudhi collapse+expansion"] = lambda x=x: gudhi_rips(x, 1, collapse=True)
@@ -191,9 +238,14 @@ def run_case(case: Case, repeats: int, min_repeat_s: float) -> tuple[list[str], 
         s, how = timed(call, repeats, min_repeat_s)
         best = min(best, s)
         rows.append(f"{'':<34} {name:<34} {s:>9.3f}  {how}")
+        if name.startswith("legacy"):
+            case.legacy_ratio = engine_s / s
     ratio = engine_s / best if math.isfinite(best) else None
     rows.append(f"{'':<34} {'engine / fastest direct':<34} "
                 f"{(f'{ratio:.2f}' if ratio is not None else 'n/a'):>9}")
+    if case.legacy_ratio is not None:
+        rows.append(f"{'':<34} {'giotto-ph engine / legacy pyRipser':<34} "
+                    f"{case.legacy_ratio:>9.2f}")
     case.seconds = engine_s
     return rows, ratio
 
@@ -215,7 +267,8 @@ def main(argv: list[str] | None = None) -> float:
     for case in common.progress(cases, "persistence cases"):
         lines, ratio = run_case(case, args.repeats, args.min_repeat_s)
         print("\n".join(lines), flush=True)
-        rows.append({"case": case.name, "engine_s": case.seconds, "ratio": ratio})
+        rows.append({"case": case.name, "engine_s": case.seconds, "ratio": ratio,
+                     "engine_over_legacy": case.legacy_ratio})
     h0_case = next(c for c in cases if c.name.startswith("R^3 n="))
     worst, where = max((r["ratio"], r["case"]) for r in rows if r["ratio"] is not None)
     common.report(rows, f"worst engine/fastest-direct ratio: {worst:.2f} ({where}; goal <= {GOAL_RATIO:.2f})",

@@ -1,11 +1,13 @@
 """Topology engine (TCS): persistence of point clouds, diagram statistics and distances,
-Betti-change events, a streaming window analyser and differentiable persistence losses; Hodge
-Laplacians, smooth Betti numbers, quantum walks and sheaf diffusion (TCS v8/v9).
+Betti-change events, a streaming window analyser (with ``process_stream``) and differentiable
+persistence losses; Hodge Laplacians, smooth Betti numbers, quantum walks and sheaf diffusion
+(TCS v8/v9); a 3-tier cache of diagrams (``TopologyCache``).
 
-Built on GUDHI (complexes, persistence, bottleneck), ``gudhi.wasserstein`` (POT) and scipy
-(kd-trees, MST). No Lightning import: callbacks and architectures wrap these functions.
+Built on GUDHI (complexes, persistence, bottleneck), giotto-ph (Rips), ``gudhi.wasserstein``
+(POT), scipy (kd-trees, MST) and torch (the CUDA H0 path). No Lightning import: callbacks and architectures wrap these functions.
 """
 
+from lit_models.topology.cache import TopologyCache
 from lit_models.topology.diagrams import (
     Diagram,
     betti_curve,
@@ -32,8 +34,8 @@ from lit_models.topology.hodge import (
     rips_complex,
     smooth_betti,
 )
-from lit_models.topology.mst import euclidean_mst
-from lit_models.topology.persistence import METHODS, choose_method, compute_persistence
+from lit_models.topology.mst import euclidean_mst, euclidean_mst_torch
+from lit_models.topology.persistence import METHODS, choose_method, compute_persistence, h0_device
 from lit_models.topology.quantum_walk import chebyshev_walk, eig_walk, mixing_time, spectral_gap
 from lit_models.topology.sheaf import SheafDiffusion, knn_graph, sheaf_laplacian
 from lit_models.topology.streaming import StreamingAnalyzer
@@ -45,6 +47,7 @@ __all__ = [
     "SheafDiffusion",
     "SimplicialComplex",
     "StreamingAnalyzer",
+    "TopologyCache",
     "betti_curve",
     "betti_events",
     "betti_numbers",
@@ -57,7 +60,9 @@ __all__ = [
     "diagram_torch",
     "eig_walk",
     "empty_diagram",
+    "h0_device",
     "euclidean_mst",
+    "euclidean_mst_torch",
     "hodge_betti",
     "hodge_laplacian",
     "hodge_laplacian_torch",

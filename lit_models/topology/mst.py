@@ -401,3 +401,215 @@ def _knn_graph_mst(x: np.ndarray, nd: np.ndarray, ni: np.ndarray, workers: int =
         v = np.concatenate([v, reps[rep_edges[:, 1]]])
         d = np.concatenate([d, rep_d])
     return _mst_of_edges(n, u, v, d)
+
+
+# ------------------------------------------------------------------ torch (CUDA) path, D <= 3
+GRID_MAX_DIM = 3  # 3^D neighbour cells per point: cheap up to D = 3
+GRID_OCCUPANCY = 2.0  # target points per occupied cell (sets the cell side h)
+GRID_PAIR_BUDGET = 128  # candidate pairs per point allowed before the cells are made smaller
+GRID_REQUERY_RADII = (2, 3)  # larger blocks (in cells) for points the first block cannot certify
+BRUTE_TILE_ELEMENTS = 2**24  # distances per tile in the exact brute-force fallback
+GRID_MAX_LEVELS = 20  # the cell side never goes below extent / 2^20 (int64 cell ids)
+
+
+class _GridIndex:
+    """Points hashed into a uniform grid of side ``h`` on their device (torch).
+
+    A point's block of radius r is the (2r+1)^D cells around its own; every point outside it
+    is at least ``bdist`` away (the distance to the block's faces, shrunk by a rounding
+    margin), which is the lower bound the certification uses.
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, (self.n, self.dim) = x, x.shape
+        self.lo = x.amin(0)
+        extent = float((x.amax(0) - self.lo).max())
+        h = max(extent, 1e-300) * (GRID_OCCUPANCY / self.n) ** (1.0 / self.dim)
+        floor = max(extent * 2.0**-GRID_MAX_LEVELS, 1e-300)  # <= 2^20 cells per axis: no overflow
+        while True:  # clustered clouds overfill cells: shrink h until the pair budget holds
+            self._build(max(h, floor))
+            pairs = float((self.count.double() ** 2).sum()) * 3**self.dim
+            self.within_budget = pairs <= GRID_PAIR_BUDGET * self.n
+            if self.within_budget or h <= floor:
+                break
+            h /= 2.0
+
+    def _build(self, h: float) -> None:
+        self.h = h
+        self.cell = torch.floor((self.x - self.lo) / h).long()  # (N, D) integer coordinates
+        self.shape = (self.cell.amax(0) + 8).clamp_min(1)  # room for radius-3 offsets
+        self.stride = torch.cumprod(torch.cat([self.shape.new_ones(1), self.shape[:-1]]), 0)
+        lin = ((self.cell + 4) * self.stride).sum(1)  # shifted: negative offsets stay >= 0
+        self.order = torch.argsort(lin)
+        self.ids, self.count = torch.unique_consecutive(lin[self.order], return_counts=True)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def pairs(self, q: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
+        """All (query, candidate) pairs of the queries' radius-``r`` blocks (self excluded),
+        their float64 distances, and each query's lower bound for points outside its block."""
+        dev = self.x.device
+        span = torch.arange(-r, r + 1, device=dev)
+        offsets = torch.cartesian_prod(*([span] * self.dim)).reshape(-1, self.dim)
+        nb = ((self.cell[q, None, :] + offsets[None] + 4) * self.stride).sum(2)  # (m, O)
+        pos = torch.searchsorted(self.ids, nb).clamp_max(len(self.ids) - 1)
+        cnt = torch.where(self.ids[pos] == nb, self.count[pos], 0).reshape(-1)
+        first = self.start[pos].reshape(-1)
+        total = int(cnt.sum())
+        slot = torch.repeat_interleave(torch.arange(len(cnt), device=dev), cnt, output_size=total)
+        within = torch.arange(total, device=dev) - (torch.cumsum(cnt, 0) - cnt)[slot]
+        qq = q[slot // offsets.shape[0]]
+        cc = self.order[first[slot] + within]
+        keep = qq != cc
+        qq, cc = qq[keep], cc[keep]
+        dist = torch.linalg.vector_norm(self.x[cc] - self.x[qq], dim=1)
+        low = self.lo + (self.cell[q] - r) * self.h  # block faces, per query and axis
+        high = self.lo + (self.cell[q] + r + 1) * self.h
+        face = torch.minimum(self.x[q] - low, high - self.x[q]).amin(1)
+        scale = self.x[q].abs().amax(1) + self.lo.abs().max() + self.h
+        bound = (face - 1e-9 * scale).clamp_min(0.0)  # floor() rounding: stay conservative
+        return qq, cc, dist, bound
+
+
+def _edge_key(u: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+    """A symmetric integer id of the edge {u, v}: ties in length are broken by it, which makes
+    the edge order total, so Borůvka's choices never close a cycle."""
+    return torch.minimum(u, v) * n + torch.maximum(u, v)
+
+
+def _segment_best(seg: torch.Tensor, d: torch.Tensor, key: torch.Tensor, size: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per segment, the smallest (d, key) pair: (its d, the position of its row), or (inf, -1)."""
+    dev = d.device
+    best = torch.full((size,), torch.inf, dtype=d.dtype, device=dev)
+    best.scatter_reduce_(0, seg, d, "amin")
+    on = d == best[seg]
+    big = torch.iinfo(torch.int64).max
+    kbest = torch.full((size,), big, dtype=torch.int64, device=dev)
+    kbest.scatter_reduce_(0, seg[on], key[on], "amin")
+    row = torch.full((size,), -1, dtype=torch.int64, device=dev)
+    win = on & (key == kbest[seg])
+    row.scatter_(0, seg[win], torch.nonzero(win).reshape(-1))
+    return best, row
+
+
+def _nearest_foreign(labels, qq, cc, dist, size_q, q_index, n):
+    """Per query (positions ``q_index`` of rows qq): the nearest candidate in another component
+    under the (length, edge key) order: (distance, candidate), inf / -1 when none."""
+    foreign = labels[qq] != labels[cc]
+    qq, cc, dist = qq[foreign], cc[foreign], dist[foreign]
+    if len(qq) == 0:
+        return (torch.full((size_q,), torch.inf, dtype=dist.dtype, device=dist.device),
+                torch.full((size_q,), -1, dtype=torch.int64, device=dist.device))
+    best, row = _segment_best(q_index[qq], dist, _edge_key(qq, cc, n), size_q)
+    return best, torch.where(row >= 0, cc[row.clamp_min(0)], -1)
+
+
+def _brute_foreign(x, labels, q, n):
+    """Exact nearest foreign point of each query by tiles over all points (the last resort)."""
+    dev = x.device
+    out_d = torch.full((len(q),), torch.inf, dtype=x.dtype, device=dev)
+    out_v = torch.full((len(q),), -1, dtype=torch.int64, device=dev)
+    step = max(1, BRUTE_TILE_ELEMENTS // max(n, 1))
+    cols = torch.arange(n, device=dev)
+    for s in range(0, len(q), step):
+        rows = q[s:s + step]
+        d = torch.cdist(x[rows], x, compute_mode="donot_use_mm_for_euclid_dist")
+        d = d.masked_fill(labels[rows, None] == labels[None, :], torch.inf)
+        dmin = d.amin(1)
+        key = torch.where(d == dmin[:, None], _edge_key(rows[:, None], cols[None, :], n),
+                          torch.iinfo(torch.int64).max)
+        j = key.argmin(1)
+        out_d[s:s + step] = dmin
+        out_v[s:s + step] = torch.where(torch.isfinite(dmin), cols[j], -1)
+    return out_d, out_v
+
+
+def euclidean_mst_torch(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Euclidean MST of ``points`` (N, D), D <= ``GRID_MAX_DIM``, on their device.
+
+    The same certified Borůvka as ``euclidean_mst``, with a uniform grid instead of a kd-tree
+    (torch has none): each point's candidates are the points of the 3^D cells around its own,
+    and every point outside that block is at least ``bdist`` away (its distance to the block's
+    faces). A point's nearest foreign candidate is *certified* when it is within that bound; a
+    component's best edge is certified when no member's bound is below it. Members that could
+    still beat it are queried again with blocks of radius 2 and 3 cells, then settled exactly by
+    brute force over all points (tiles of ``BRUTE_TILE_ELEMENTS``). Ties in length are broken by
+    the edge's vertex ids, so the chosen edges always form a forest and together the MST: no
+    final MST pass is needed. Distances are float64 norms of differences (no Gram trick).
+
+    Worst case: a cloud of well-separated clusters leaves many members uncertified in the last
+    rounds, and the brute-force fallback costs O(members x N) there. Returns (edges (N-1, 2)
+    int64, lengths (N-1,) float64) on the points' device.
+    """
+    x = points.detach().to(torch.float64)
+    if x.ndim != 2 or x.shape[1] > GRID_MAX_DIM or x.shape[1] == 0:
+        raise ValueError(f"euclidean_mst_torch takes (N, D) points with 1 <= D <= "
+                         f"{GRID_MAX_DIM}, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("points contain NaN or inf")
+    n, dev = len(x), x.device
+    if n < 2:
+        return torch.zeros((0, 2), dtype=torch.int64, device=dev), torch.zeros(0, device=dev,
+                                                                               dtype=x.dtype)
+    grid = _GridIndex(x)
+    if not grid.within_budget:  # many duplicates / extreme density contrast: the CPU path
+        e, w = euclidean_mst(x.cpu().numpy())
+        return torch.from_numpy(e).to(dev), torch.from_numpy(w).to(dev)
+    everyone = torch.arange(n, device=dev)
+    qq, cc, dist, bound = grid.pairs(everyone, 1)  # reused every round
+    labels = everyone.clone()
+    n_comp = n
+    edges_u, edges_v, edges_d = [], [], []
+    while n_comp > 1:
+        inner = labels[qq] == labels[cc]  # pairs inside one component stay inside: drop them
+        qq, cc, dist = qq[~inner], cc[~inner], dist[~inner]
+        near_d, near_v = _nearest_foreign(labels, qq, cc, dist, n, everyone, n)
+        lb = torch.minimum(near_d, bound)  # nobody foreign is closer than this
+        near_d, near_v, lb = _refine(grid, x, labels, near_d, near_v, lb, n_comp)
+        key = torch.where(near_v >= 0, _edge_key(everyone, near_v.clamp_min(0), n), 0)
+        best_d, row = _segment_best(labels, near_d, key, n_comp)
+        u = row
+        v = near_v[row]
+        # target component of each component; a mutual pair keeps its edge once
+        target = labels[v]
+        mutual = target[target] == torch.arange(n_comp, device=dev)
+        take = ~mutual | (torch.arange(n_comp, device=dev) < target)
+        edges_u.append(u[take])
+        edges_v.append(v[take])
+        edges_d.append(best_d[take])
+        parent = torch.where(mutual & (torch.arange(n_comp, device=dev) < target),
+                             torch.arange(n_comp, device=dev), target)
+        while True:  # pointer jumping to each tree's root (the smaller id of its mutual pair)
+            nxt = parent[parent]
+            if bool((nxt == parent).all()):
+                break
+            parent = nxt
+        roots, labels_new = torch.unique(parent, return_inverse=True)
+        labels = labels_new[labels]
+        n_comp = len(roots)
+    edges = torch.stack([torch.cat(edges_u), torch.cat(edges_v)], 1)
+    return edges, torch.cat(edges_d)
+
+
+def _refine(grid, x, labels, near_d, near_v, lb, n_comp):
+    """Settle the points whose block cannot rule out a foreign point nearer than their
+    component's best candidate: larger blocks first, then brute force (exact)."""
+    n = len(x)
+    for r in (*GRID_REQUERY_RADII, None):
+        best = torch.full((n_comp,), torch.inf, dtype=x.dtype, device=x.device)
+        best.scatter_reduce_(0, labels, near_d, "amin")
+        # <=: a member tying the best length could hold a smaller edge key
+        pending = torch.nonzero((lb <= best[labels]) & (lb < near_d)).reshape(-1)
+        if len(pending) == 0:
+            break
+        if r is None:
+            d, v = _brute_foreign(x, labels, pending, n)
+            near_d[pending], near_v[pending], lb[pending] = d, v, d
+            break
+        qq, cc, dist, bound = grid.pairs(pending, r)
+        index = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+        index[pending] = torch.arange(len(pending), device=x.device)
+        d, v = _nearest_foreign(labels, qq, cc, dist, len(pending), index, n)
+        near_d[pending], near_v[pending] = d, v
+        lb[pending] = torch.minimum(d, bound)
+    return near_d, near_v, lb

@@ -2,15 +2,18 @@
 
 Methods and their scale (the x-axis of the diagram):
 
-* ``"ripser"``: exact Vietoris-Rips with ripser (``ripser==0.6.15``, C++), the fastest Rips
-  here (R^8, H0+H1, niced beside a training run: 200 points 0.02 s, 1000 points 0.7 s, 2000
-  points 4 s; GUDHI "rips" 0.45 s / infeasible, "collapse" 0.05 s at 200 points, 14.6 s at 1000).
-  Same filtration and diagram as ``"rips"``: ripser works in float32, so every value it
-  reports is mapped back to the float64 edge length it came from (a Rips value *is* an edge
-  length); the result equals GUDHI's unless two distinct edge lengths round to the same float32
-  (then it is off by < 1 float32 ulp, ~6e-8 relative). The engine calls ripser's extension
-  with a condensed float32 distance vector (``scipy.spatial.distance.pdist``), skipping
-  ``ripser.ripser``'s dense N x N matrix and meshgrid.
+* ``"ripser"``: exact Vietoris-Rips with Ripser's algorithm through giotto-ph's public,
+  threaded ``gph.ripser_parallel`` (``giotto-ph==0.2.4``, C++; threads for H1 and above:
+  ``torch.get_num_threads()``). It replaced a call into ripser.py's private extension
+  (``pyRipser.doRipsFiltrationDM``) and gives the same diagrams (tested); ``lhp bench
+  persistence`` times both. The fastest Rips here (R^8, H0+H1, niced beside a training run:
+  200 points 0.02 s, 1000 points 0.7 s, 2000 points 4 s; GUDHI "rips" 0.45 s / infeasible,
+  "collapse" 0.05 s at 200 points, 14.6 s at 1000). Same filtration and diagram as
+  ``"rips"``: Ripser works in float32, so every value it reports is mapped back to the
+  float64 edge length it came from (a Rips value *is* an edge length); the result equals
+  GUDHI's unless two distinct edge lengths round to the same float32 (then it is off by < 1
+  float32 ulp, ~6e-8 relative). Distances are computed here in float64 (``pdist``) and passed
+  as a precomputed matrix, so a finite ``max_edge_length`` is decided in float64 as GUDHI does.
 * ``"rips"``: exact Vietoris-Rips with GUDHI. Filtration value of a simplex = its longest edge
   (Euclidean length, GUDHI's convention, *not* half of it). Cost explodes with N (R^8, H0+H1:
   200 points 0.45-0.7 s, 500 points 20 s, 1000 points infeasible), hence small clouds only.
@@ -30,7 +33,10 @@ Methods and their scale (the x-axis of the diagram):
   float64 re-check). ``exact=False`` (or ``"auto"`` beyond ``AUTO_MST_EXACT_MAX_POINTS_HIGH_DIM``
   points in high D) computes an approximate tree (k-NN graph, in high D with candidates from a
   PCA projection) and marks the diagram ``approximate=True``: its sorted deaths are elementwise
-  upper bounds of the exact ones.
+  upper bounds of the exact ones. When CUDA is present, exact H0 of D <= 3 clouds with at
+  least ``CUDA_H0_MIN_POINTS`` points runs on the GPU instead (``mst.euclidean_mst_torch``: the
+  same certified Borůvka on a uniform grid, exact, tested equal to the CPU tree); see
+  ``h0_device``.
 
 ``"auto"``: H0 only -> mst; N <= ``AUTO_RIPS_MAX_POINTS`` -> ripser; D <= 3 and N <=
 ``AUTO_ALPHA_MAX_POINTS`` -> alpha; N <= ``AUTO_RIPSER_MAX_POINTS`` (``AUTO_RIPSER_MAX_POINTS_H2``
@@ -53,11 +59,11 @@ import warnings
 import gudhi
 import numpy as np
 import torch
-from pyRipser import doRipsFiltrationDM  # ripser's C++ extension (ripser==0.6.15)
-from scipy.spatial.distance import pdist
+from gph import ripser_parallel
+from scipy.spatial.distance import pdist, squareform
 
 from lit_models.topology.diagrams import Diagram, empty_diagram
-from lit_models.topology.mst import KDTREE_MAX_DIM, euclidean_mst
+from lit_models.topology.mst import GRID_MAX_DIM, KDTREE_MAX_DIM, euclidean_mst, euclidean_mst_torch
 
 METHODS = ("auto", "ripser", "rips", "collapse", "alpha", "mst")
 AUTO_RIPS_MAX_POINTS = 150  # below this, Rips (ripser) even for D <= 3: exact Rips is cheap
@@ -68,6 +74,7 @@ MST_VIA_RIPSER_MAX_POINTS = 2000  # exact H0, D > 10: ripser up to here (R^64 60
 AUTO_MST_EXACT_MAX_POINTS_HIGH_DIM = 20_000  # D > 10: exact brute force is O(N^2 D)
 COEFF_FIELD = 2
 COLLAPSE_ITERATIONS = 3  # more passes collapse more edges; the diagram is exact either way
+CUDA_H0_MIN_POINTS = 20_000  # below this the CPU kd-tree MST takes milliseconds anyway
 
 
 def as_numpy_points(points: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -89,6 +96,13 @@ def as_numpy_points(points: torch.Tensor | np.ndarray) -> np.ndarray:
         kind = "NaN" if np.isnan(x).any() else "inf"
         raise ValueError(f"points contain {kind} (first non-finite value in row {row})")
     return x
+
+
+def h0_device(n_points: int, dim: int, exact: bool) -> str:
+    """Where exact H0 (method "mst") runs: "cuda" when CUDA is present, D <= 3 and N >=
+    ``CUDA_H0_MIN_POINTS``, else "cpu"."""
+    big = n_points >= CUDA_H0_MIN_POINTS and dim <= GRID_MAX_DIM and exact
+    return "cuda" if big and torch.cuda.is_available() else "cpu"
 
 
 def choose_method(n_points: int, dim: int, max_dim: int) -> str:
@@ -145,7 +159,11 @@ def compute_persistence(points: torch.Tensor | np.ndarray, max_dim: int = 1,
             # small high-D cloud: ripser's union-find over all edges beats the Boruvka oracle
             return Diagram({0: _ripser_intervals(x, 0, max_edge_length)[0]}, max_dim=0,
                            method="mst", n_points=n, notes=tuple(notes))
-        _, lengths = euclidean_mst(x, exact=exact)
+        if h0_device(n, dim, exact) == "cuda":
+            lengths = euclidean_mst_torch(torch.from_numpy(x).cuda())[1].cpu().numpy()
+            notes.append("exact H0 on CUDA (grid Borůvka, mst.euclidean_mst_torch)")
+        else:
+            _, lengths = euclidean_mst(x, exact=exact)
         deaths = np.where(lengths <= max_edge_length, lengths, math.inf)
         h0 = np.column_stack([np.zeros(n), np.append(np.sort(deaths), math.inf)])
         if not exact:
@@ -177,21 +195,17 @@ def compute_persistence(points: torch.Tensor | np.ndarray, max_dim: int = 1,
 
 def _ripser_intervals(x: np.ndarray, max_dim: int,
                       max_edge_length: float) -> dict[int, np.ndarray]:
-    """Rips intervals from ripser, values mapped back to float64 edge lengths (see module doc)."""
+    """Rips intervals from giotto-ph, values mapped back to float64 edge lengths (see module doc)."""
     n = len(x)
-    dist = pdist(x)  # condensed (i < j, row-major): the order ripser's dense input expects
-    d32 = dist.astype(np.float32)
-    if math.isfinite(max_edge_length):  # GUDHI keeps edges <= threshold: decide in float64
-        d32[dist > max_edge_length] = np.inf
-        thresh = float(np.nextafter(np.float32(max_edge_length), np.float32(np.inf)))
-    else:
-        thresh = math.inf
-    res = doRipsFiltrationDM(d32, max_dim, thresh, COEFF_FIELD, False)
+    dist = pdist(x)  # float64; giotto-ph keeps the entries <= thresh of this matrix (float64)
+    res = ripser_parallel(squareform(dist), maxdim=max_dim, thresh=max_edge_length,
+                          coeff=COEFF_FIELD, metric="precomputed",
+                          n_threads=max(1, torch.get_num_threads()))
     exact = np.sort(dist)
     as32 = exact.astype(np.float32)  # monotone, so still sorted
     out = {}
     for d in range(max_dim + 1):
-        p = np.asarray(res["births_and_deaths_by_dim"][d], dtype=np.float64).reshape(-1, 2)
+        p = np.asarray(res["dgms"][d], dtype=np.float64).reshape(-1, 2)
         fin = np.isfinite(p) & (p > 0)  # 0 (H0 births) is exact already
         idx = np.searchsorted(as32, p[fin].astype(np.float32))
         p[fin] = exact[np.minimum(idx, len(exact) - 1)]

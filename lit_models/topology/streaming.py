@@ -32,6 +32,23 @@ near-linear rebuild:
 
 ``stats()`` reports the latency actually achieved.
 
+Stream API: ``process_stream(states)`` consumes an iterable of states (one vector (D,) or a
+batch (n, D) per item: numpy, torch or lists) through the same chunking (an analysis every
+``chunk_points`` new vectors or ``max_latency_ms``; defaults 1,000 points / 10 ms) and yields
+the ``BettiEvent`` objects as they happen, so they can be filtered lazily::
+
+    knots = (e for e in analyzer.process_stream(states) if e.complexity > 5)
+
+``complexity`` is the total Betti number (beta_0 + beta_1) of the window the event leads to, at
+the analyser's scale (``events`` module docstring). At the end of the iterable the points not
+yet analysed get one last analysis (``flush=True``). A state with NaN or inf raises a
+ValueError naming the item; a stream with fewer than 3 points in all yields nothing (no scale
+can be fixed from fewer than 3 landmarks, and an event needs two analysed windows).
+
+Cache: with ``cache=TopologyCache(...)`` (``cache`` module) each window's diagram is looked up
+by the window's bytes and the analysis parameters before it is computed, so a stream seen
+before (the same text through the same model) is answered from memory or disk.
+
 Measured (2 cores shared with a training run, load average ~5, so slow; ``python -m
 experiments.bench.persistence``): window 10,000 in R^3, 256 landmarks, H0+H1: p50 ~110 ms with
 ripser vs ~170 ms with GUDHI collapse; R^8: p50 ~800 ms (the exact H0: kd-tree k-NN queries in
@@ -44,12 +61,13 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from gudhi.subsampling import choose_n_farthest_points
 
+from lit_models.topology.cache import TopologyCache
 from lit_models.topology.diagrams import Diagram, betti_numbers
 from lit_models.topology.events import BettiEvent, betti_events
 from lit_models.topology.mst import KDTREE_MAX_DIM
@@ -67,7 +85,7 @@ class StreamingAnalyzer:
                  landmarks: int = 256, scale: float | str = "auto", dim: int = 1,
                  h1_method: str = "ripser", auto_scale_factor: float = AUTO_SCALE_FACTOR,
                  clock: Callable[[], float] = time.perf_counter,
-                 latency_history: int = 10_000) -> None:
+                 latency_history: int = 10_000, cache: TopologyCache | None = None) -> None:
         if not _is_int(window) or window <= 0:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if not _is_int(chunk_points) or chunk_points <= 0:
@@ -92,6 +110,7 @@ class StreamingAnalyzer:
         self.window, self.chunk_points, self.max_latency_ms = window, chunk_points, max_latency_ms
         self.landmarks, self.dim, self.h1_method = landmarks, dim, h1_method
         self.auto_scale_factor = auto_scale_factor
+        self.cache = cache
         self.scale: float | None = None if scale == "auto" else float(scale)
         self.clock = clock
         self.n_features: int | None = None  # D, fixed by the first push
@@ -133,6 +152,33 @@ class StreamingAnalyzer:
             if self._pending >= self.chunk_points or self._latency_due():
                 events += self._analyse()
         return events
+
+    def process_stream(self, states: Iterable[np.ndarray | torch.Tensor | list[float]],
+                       flush: bool = True) -> Iterator[BettiEvent]:
+        """Feed ``states`` (each a vector (D,) or a batch (n, D)) and yield Betti events as the
+        analyses find them; ``flush``: analyse the leftover points at the end. See the module
+        docstring for the complexity measure and the behaviour on bad or short input."""
+        for i, state in enumerate(states):
+            try:
+                a = _to_numpy(state)
+            except ValueError as err:
+                raise ValueError(f"stream item {i}: {err}") from err
+            if a.ndim == 1:
+                a = a[None, :]
+            if a.ndim != 2:
+                raise ValueError(f"stream item {i}: expected a vector (D,) or a batch (n, D), "
+                                 f"got shape {a.shape}")
+            bad = ~np.isfinite(a)
+            if bad.any():
+                raise ValueError(f"stream item {i}: NaN or inf in row {int(np.argwhere(bad)[0, 0])}"
+                                 "; clean or drop such states before streaming them")
+            try:
+                self._check_features(a.shape[1])
+            except ValueError as err:
+                raise ValueError(f"stream item {i}: {err}") from err
+            yield from self.push_batch(a)
+        if flush and self._pending > 0:
+            yield from self._analyse()
 
     def _check_features(self, d: int) -> None:
         if self.n_features is None:
@@ -176,26 +222,38 @@ class StreamingAnalyzer:
         """Analyse the current window now (also called by the triggers)."""
         return self._analyse()
 
-    def _analyse(self) -> list[BettiEvent]:
-        start = time.perf_counter()
-        x = self.window_points()
-        h0 = compute_persistence(x, max_dim=0, method="mst")
-        pairs = {0: h0[0]}
-        need_landmarks = self.dim >= 1 or self.scale is None
-        landmarks = self._landmarks(x) if need_landmarks else None
+    def _window_diagram(self, x: np.ndarray) -> Diagram:
+        """H0 of the window (exact MST) and, with dim 1, H1 of its landmarks."""
+        pairs = {0: compute_persistence(x, max_dim=0, method="mst")[0]}
+        landmarks = x
         if self.dim >= 1:
+            landmarks = self._landmarks(x)
             method = self.h1_method
             if method == "alpha" and x.shape[1] > 3:
                 method = "collapse"
             pairs[1] = compute_persistence(landmarks, max_dim=1, method=method)[1]
-        if self.scale is None and landmarks is not None and len(landmarks) >= 3:
-            lm_h0 = compute_persistence(landmarks, max_dim=0, method="mst").finite(0)
-            median = float(np.median(lm_h0[:, 1]))
-            if median > 0:
-                self.scale = self.auto_scale_factor * median
-        diagram = Diagram(pairs, max_dim=self.dim, method="mst+landmarks",
-                          approximate=self.dim >= 1 and len(landmarks) < len(x),
-                          n_points=len(x))
+        return Diagram(pairs, max_dim=self.dim, method="mst+landmarks",
+                       approximate=self.dim >= 1 and len(landmarks) < len(x), n_points=len(x))
+
+    def _cache_params(self) -> dict[str, object]:
+        return {"query": "streaming-window", "dim": self.dim, "landmarks": self.landmarks,
+                "h1_method": self.h1_method}
+
+    def _analyse(self) -> list[BettiEvent]:
+        start = time.perf_counter()
+        x = self.window_points()
+        if self.cache is not None:
+            diagram = self.cache.get_or_compute(x, self._cache_params(),
+                                                lambda: self._window_diagram(x))
+        else:
+            diagram = self._window_diagram(x)
+        if self.scale is None:
+            landmarks = self._landmarks(x)
+            if len(landmarks) >= 3:
+                lm_h0 = compute_persistence(landmarks, max_dim=0, method="mst").finite(0)
+                median = float(np.median(lm_h0[:, 1]))
+                if median > 0:
+                    self.scale = self.auto_scale_factor * median
         events: list[BettiEvent] = []
         if self.last_diagram is not None and self.scale is not None:
             events = betti_events(self.last_diagram, diagram, self.scale, self.points_seen)

@@ -15,7 +15,7 @@ from lit_models.embedder import StatefulEmbedder
 from tests.conftest import REPO, compose_config
 
 ANALYZER = ["analyzer.window=64", "analyzer.chunk_points=16", "analyzer.landmarks=16",
-            "text_chunk_chars=300", "num_threads=1"]
+            "text_chunk_chars=300", "num_threads=1", "cache.path=null"]  # memory-only cache
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,19 @@ def test_stream_on_platform_checkpoint(tiny_ckpt: Path, text_file: Path, tmp_pat
     assert len(events) == summary["events"]
     assert all(0 < e["char_position"] <= summary["characters"] for e in events)
     assert list(out.glob("wandb/offline-run-*/files/media/images/tcs/betti*.png"))
+
+
+def test_topology_cache_bench_quick_reads_a_book_twice(tiny_ckpt: Path, capsys) -> None:
+    """``lhp bench topology_cache --quick`` on the tiny checkpoint: the second read of the book
+    is answered from the disk tier."""
+    from experiments.bench import topology_cache
+
+    if not topology_cache.default_book().is_file():
+        pytest.skip(f"no book at {topology_cache.default_book()} (set LHP_DATA_ROOT)")
+    rate = topology_cache.main(["--quick", "--ckpt", str(tiny_ckpt)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert rate == 1.0 and last.startswith("tcs_stream over alice_in_wonderland.txt read twice: "
+                                           "hit rate 100.0% on the second read (first 0.0%)")
 
 
 def test_stream_on_hf_model_with_char_fallback(tmp_path: Path, text_file: Path) -> None:

@@ -291,7 +291,8 @@ def test_betti_events(prev, curr, kind, dim):
     d_curr = compute_persistence(curr, method="rips")
     events = betti_events(d_prev, d_curr, scale=0.5, position=123)
     assert events == [BettiEvent(kind=kind, position=123, scale=0.5, magnitude=1, dim=dim,
-                                 before=events[0].before, after=events[0].after)]
+                                 before=events[0].before, after=events[0].after,
+                                 complexity=sum(betti_numbers(d_curr, 0.5).values()))]
     assert abs(events[0].after - events[0].before) == 1
     assert betti_events(d_curr, d_curr, scale=0.5, position=0) == []
 
