@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint check reliability bench clean
+.PHONY: help install train test test-slow test-cluster lint check reliability bench clean
 
 help:
 	@echo "make train  - set up .venv and train the default experiment (experiment=smoke, W&B offline)"
 	@echo "make test   - set up .venv and run the test suite (no network)"
 	@echo "make check  - layer contracts (import-linter), ruff, repeated code (pylint duplicate-code)"
 	@echo "make reliability - fuzz corpus summary and kill-test figures"
+	@echo "make test-cluster - real Slurm jobs on a local single-node cluster (root)"
 	@echo "make test-slow / lint / bench / clean"
 
 install: $(STAMP)
@@ -33,6 +34,12 @@ test: install
 
 test-slow: install
 	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Real Slurm jobs (tests/cluster/): starts the local single-node cluster first (root; installs
+# slurm-wlm and munge when missing). See docs/cluster.md.
+test-cluster: install
+	scripts/local_slurm.sh start
+	WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

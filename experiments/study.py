@@ -18,6 +18,12 @@ first round already has one run of every variant. A run is done when its ``resul
 (skipped on re-launch); an interrupted run is resumed from its ``checkpoints/last.ckpt``; a
 failed one leaves ``failed.txt`` and is retried on re-launch. Exit status: 0 all runs done,
 1 some run failed, 2 invalid study config, 130 interrupted.
+
+By default the runs go one at a time, each a training subprocess. ``--jobs N`` dispatches them
+through Hydra's ``submitit_local`` launcher, N at a time with ``cores // N`` threads each;
+``--launcher slurm`` through the Slurm launcher (``conf/hydra/launcher/slurm.yaml``; its keys as
+``hydra.launcher.<key>=...`` after ``--``). Each launched run writes its own ``result.json`` when it
+finishes, so a study stopped at any point keeps every finished run.
 """
 
 from __future__ import annotations
@@ -96,11 +102,19 @@ class Study:
                 f"job_type={variant}"]
 
     def command(self, run: Run, ckpt: Path | None = None) -> list[str]:
-        # no usable last.ckpt: resume=auto still picks any good checkpoint the run directory
-        # holds (the one selection function), else starts fresh
-        resume = [f"ckpt_path={ckpt}"] if ckpt else ["resume=auto"]
         return [sys.executable, "-m", "experiments.train", *self.overrides(run.variant, run.seed),
-                *resume, f"hydra.run.dir={run.dir}"]
+                *_resume(ckpt), f"hydra.run.dir={run.dir}"]
+
+    def job_overrides(self, run: Run, ckpt: Path | None) -> list[str]:
+        """The same run as :meth:`command`, as one job of a Hydra launcher (sweep dir = output_dir)."""
+        return [*self.overrides(run.variant, run.seed), *_resume(ckpt),
+                f"hydra.sweep.subdir={run.dir.relative_to(self.output_dir)}"]
+
+
+def _resume(ckpt: Path | None) -> list[str]:
+    # no usable last.ckpt: resume=auto still picks any good checkpoint the run directory
+    # holds (the one selection function), else starts fresh
+    return [f"ckpt_path={ckpt}"] if ckpt else ["resume=auto"]
 
 
 @dataclass
@@ -361,26 +375,49 @@ def _resumable(run: Run) -> tuple[Path | None, str]:
     return run.last_ckpt, f"step {ckpt.get('global_step')}, {ckpt.get('tokens_seen')} tokens"
 
 
-def run_one(study: Study, run: Run, tag: str, started: float) -> str:
-    """Run (or skip, or resume) one variant x seed; returns 'done', 'skipped' or 'failed'."""
-    planned = study.overrides(run.variant, run.seed)
+def _skip(study: Study, run: Run, tag: str) -> bool:
+    """True (and says so) if the run is done already."""
     done = run.result()
-    if done is not None:
-        note = ""
-        if done.get("overrides") != planned:
-            note = " [WARNING: its overrides differ from the current study config; delete " \
-                   f"{run.result_path} to re-run it]"
-        print(f"{tag} {run.label}: skipping, done ({_headline(done)}){note}", flush=True)
-        return "skipped"
+    if done is None:
+        return False
+    note = ""
+    if done.get("overrides") != study.overrides(run.variant, run.seed):
+        note = " [WARNING: its overrides differ from the current study config; delete " \
+               f"{run.result_path} to re-run it]"
+    print(f"{tag} {run.label}: skipping, done ({_headline(done)}){note}", flush=True)
+    return True
 
+
+def _prepare(run: Run, tag: str, where: str) -> Path | None:
+    """Make the run's directory ready to (re)start; returns the checkpoint it resumes from."""
     run.dir.mkdir(parents=True, exist_ok=True)
     ckpt, state = _resumable(run)
     if ckpt is None and (run.dir / "csv").exists():
         shutil.rmtree(run.dir / "csv")  # metrics of an attempt that left no checkpoint
     retry = " (retrying a failed run)" if run.failed_path.is_file() else ""
     action = f"resuming from {ckpt} ({state})" if ckpt else "running" + state
-    print(f"{tag} {run.label}: {action}{retry}; log {run.log_path}", flush=True)
+    print(f"{tag} {run.label}: {action}{retry}; {where}", flush=True)
+    return ckpt
 
+
+def _record(study: Study, run: Run, ckpt: Path | None, wall: float, cmd: list[str]) -> dict:
+    """Write the finished run's ``result.json`` (atomically) and clear its ``failed.txt``."""
+    result = {"study": study.name, "variant": run.variant, "seed": run.seed,
+              "run_dir": str(run.dir), **read_run_metrics(run.dir), "wall_s": round(wall, 2),
+              "resumed_from": str(ckpt) if ckpt else None,
+              "finished_at": datetime.now().isoformat(timespec="seconds"),
+              "overrides": study.overrides(run.variant, run.seed), "command": cmd,
+              "command_str": shlex.join(cmd)}
+    _write_json(run.result_path, result)
+    run.failed_path.unlink(missing_ok=True)
+    return result
+
+
+def run_one(study: Study, run: Run, tag: str, started: float) -> str:
+    """Run (or skip, or resume) one variant x seed; returns 'done', 'skipped' or 'failed'."""
+    if _skip(study, run, tag):
+        return "skipped"
+    ckpt = _prepare(run, tag, f"log {run.log_path}")
     cmd = study.command(run, ckpt)
     offset = run.log_path.stat().st_size if run.log_path.is_file() else 0
     t0 = time.perf_counter()
@@ -400,16 +437,10 @@ def run_one(study: Study, run: Run, tag: str, started: float) -> str:
               f"[study {total:.0f}s]", flush=True)
         return "failed"
 
-    result = {"study": study.name, "variant": run.variant, "seed": run.seed,
-              "run_dir": str(run.dir), **read_run_metrics(run.dir), "wall_s": round(wall, 2),
-              "resumed_from": str(ckpt) if ckpt else None,
-              "finished_at": datetime.now().isoformat(timespec="seconds"),
-              "overrides": planned, "command": cmd, "command_str": shlex.join(cmd)}
+    result = _record(study, run, ckpt, wall, cmd)
     if not result["metrics"]:
         print(f"{tag} {run.label}: WARNING: no val/test metrics in {run.dir}/csv "
               "(is the csv logger on?)", flush=True)
-    _write_json(run.result_path, result)
-    run.failed_path.unlink(missing_ok=True)
     print(f"{tag} {run.label}: done in {wall:.1f}s, {_headline(result)} [study {total:.0f}s]",
           flush=True)
     return "done"
@@ -419,18 +450,22 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_study(study: Study) -> int:
+def _begin(study: Study, how: str) -> list[Run]:
     runs = study.runs()
     print(f"study {study.name}: {len(runs)} runs ({len(study.variants)} variants x "
           f"{len(study.seeds)} seeds) of experiment={study.experiment}, token_budget="
-          f"{study.token_budget} -> {study.output_dir}", flush=True)
+          f"{study.token_budget} -> {study.output_dir}{how}", flush=True)
     study.output_dir.mkdir(parents=True, exist_ok=True)
     snapshot = {k: getattr(study, k) for k in ("name", "description", "experiment", "common",
                                                "token_budget", "seeds", "variants")}
     snapshot.update(output_dir=str(study.output_dir), file=str(study.file),
                     extra_train_overrides=study.extra)
     OmegaConf.save(OmegaConf.create(snapshot), study.output_dir / "study.yaml")
+    return runs
 
+
+def run_study(study: Study) -> int:
+    runs = _begin(study, "")
     failed: list[Run] = []
     started = time.perf_counter()
     current = None
@@ -446,6 +481,10 @@ def run_study(study: Study) -> int:
               "interrupted ones continue from last.ckpt)", flush=True)
         aggregate(study, echo=False)
         return 130
+    return _finish(study, runs, failed)
+
+
+def _finish(study: Study, runs: list[Run], failed: list[Run]) -> int:
     table = aggregate(study, echo=False)
     if failed:
         print(f"\nstudy {study.name}: {len(failed)} of {len(runs)} runs FAILED: "
@@ -453,6 +492,75 @@ def run_study(study: Study) -> int:
               + "\nre-launch the same command to retry them (finished runs are skipped)")
     print(f"\nsummary: {study.output_dir / 'summary.md'} and summary.csv\n\n{table}", flush=True)
     return 1 if failed else 0
+
+
+@dataclass
+class StudyTask:
+    """One study run inside a launcher's job (a local process or a Slurm job): train in-process,
+    then write the run's ``result.json`` there, so a finished run is kept whatever the study does."""
+
+    study: Study
+    resumed: dict[str, str | None]  # run dir -> the checkpoint it resumes from
+
+    def __call__(self, cfg: DictConfig) -> dict[str, Any]:
+        from experiments.launch import stop_if_preempted
+        from experiments.train import train
+
+        run = next(r for r in self.study.runs()
+                   if r.variant == cfg.job_type and r.seed == cfg.seed)
+        ckpt = self.resumed.get(str(run.dir))
+        started = time.perf_counter()
+        try:
+            train(cfg)
+        except Exception:
+            stop_if_preempted()  # a requeued Slurm job: its next attempt records the run
+            raise
+        stop_if_preempted()
+        wall = time.perf_counter() - started
+        return _record(self.study, run, Path(ckpt) if ckpt else None, wall,
+                       self.study.command(run, Path(ckpt) if ckpt else None))
+
+
+def run_launched(study: Study, launcher: str, jobs: int, launcher_overrides: list[str]) -> int:
+    """The study's runs through a Hydra launcher, ``jobs`` at a time (``experiments.launch``)."""
+    from experiments.launch import launch
+
+    runs = _begin(study, f" via hydra/launcher={launcher}, {jobs} at a time")
+    pending: list[tuple[Run, Path | None]] = []
+    for i, run in enumerate(runs, 1):
+        if not _skip(study, run, f"[{i}/{len(runs)}]"):
+            ckpt = _prepare(run, f"[{i}/{len(runs)}]", f"logs {study.output_dir}/.submitit/")
+            pending.append((run, ckpt))
+    failed: list[Run] = []
+    if pending:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        base = [f"hydra.sweep.dir={study.output_dir}", *launcher_overrides]
+        if launcher == "submitit_local":
+            base.append(f"hydra.launcher.cpus_per_task={threads}")
+        task = StudyTask(study, {str(r.dir): str(c) if c else None for r, c in pending})
+        started = time.perf_counter()
+        try:
+            returns = launch(CONFIG_DIR, "train", launcher, base,
+                             [study.job_overrides(r, c) for r, c in pending], task, jobs)
+        except KeyboardInterrupt:
+            print(f"\nstudy {study.name}: interrupted; finished runs are kept (result.json); "
+                  "re-launch the same command to resume the others", flush=True)
+            aggregate(study, echo=False)
+            return 130
+        for run, ret in zip((r for r, _ in pending), returns, strict=True):
+            if run.result() is None:
+                failed.append(run)
+                error = getattr(ret, "_return_value", ret)
+                run.failed_path.write_text(
+                    f"failed at {datetime.now().isoformat(timespec='seconds')} through "
+                    f"hydra/launcher={launcher}: {type(error).__name__}: {error}\n"
+                    f"logs: {study.output_dir}/.submitit/ and {run.dir}/train.log\n",
+                    encoding="utf-8")
+                print(f"{run.label}: FAILED: {' '.join(str(error).split())[:300]}", flush=True)
+            else:
+                print(f"{run.label}: done, {_headline(run.result())} "
+                      f"[study {time.perf_counter() - started:.0f}s]", flush=True)
+    return _finish(study, runs, failed)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -543,6 +651,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the study and print each run's command; run nothing")
     parser.add_argument("--list", action="store_true", help="list the studies in conf/study/")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs at once (N>1 without --launcher: hydra/launcher=submitit_local, "
+                             "cores//N threads each)")
+    parser.add_argument("--launcher", choices=("submitit_local", "slurm"),
+                        help="dispatch the runs through this Hydra launcher (conf/hydra/launcher/); "
+                             "its keys go after `--` as hydra.launcher.<key>=value")
     return parser
 
 
@@ -551,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     argv, extra = split_passthrough(argv)
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    launcher_overrides = [o for o in extra if o.startswith("hydra.launcher.")]
+    extra = [o for o in extra if not o.startswith("hydra.launcher.")]
+    if launcher_overrides and not args.launcher and args.jobs == 1:
+        parser.error("hydra.launcher.* overrides need --launcher or --jobs N")
     if args.list:
         for name in available_studies():
             desc = OmegaConf.load(STUDY_DIR / f"{name}.yaml").get("description") or ""
@@ -579,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
+        if args.launcher or args.jobs > 1:
+            return run_launched(study, args.launcher or "submitit_local", args.jobs,
+                                launcher_overrides)
         return run_study(study)
     finally:
         if in_main:

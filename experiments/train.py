@@ -21,7 +21,7 @@ from callbacks.csv_logger import ResumableCSVLogger
 from callbacks.last_checkpoint import last_checkpoint_path
 from callbacks.run_metadata import RunMetadata
 from experiments import CONFIG_DIR
-from experiments.launch import cluster_plugins, requeued
+from experiments.launch import cluster_plugins, requeued, stop_if_preempted
 from experiments.utils import (
     apply_extras,
     check_devices,
@@ -203,11 +203,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except Exception:
+        stop_if_preempted()  # a requeued Slurm job: its next attempt gives the result
         # In a sweep, one failed trial (e.g. out of memory) scores worst instead of killing it.
         if sweeping:
             log.error("Trial failed; returning a worst-case score")
             return math.inf
         raise
+    stop_if_preempted()
     value = metric_value(metrics, cfg.get("optimized_metric"))
     return math.inf if value is None and sweeping else value
 
