@@ -32,7 +32,8 @@ EXECUTION_ONLY: tuple[str, ...] = (
     "callbacks.model_checkpoint.*", "callbacks.last_checkpoint.*", "callbacks.divergence_guard.*",
     "callbacks.rich_progress_bar.*", "callbacks.tqdm_progress_bar.*", "callbacks.lr_monitor.*",
     "callbacks.throughput.*", "callbacks.token_budget.*", "callbacks.bigram_baseline.*",
-    "callbacks.vram_budget.*", "callbacks.topology_metrics.*",
+    "callbacks.vram_budget.*", "callbacks.topology_metrics.*", "callbacks.rank_consistency.*",
+    "model.compile",  # torch.compile: same numbers, another speed
 )
 
 MAX_TAG = 64

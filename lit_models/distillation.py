@@ -161,6 +161,7 @@ class DistillationModel(LanguageModel):
             ``bfloat16`` | ``float16``), ``verify_tokenizer``; null: no teacher (CE only).
         kd: ``temperature`` (> 0), ``weight`` (lambda_kd, a curriculum may override it),
             ``phase_weight``, ``mag_weight`` (lambda_phase, lambda_mag), all >= 0.
+        compile: as ``LanguageModel``'s (the student only; the teacher runs eagerly).
     """
 
     def __init__(
@@ -172,8 +173,9 @@ class DistillationModel(LanguageModel):
         loss_weights: Mapping[str, float] | None = None,
         teacher: Mapping[str, Any] | None = None,
         kd: Mapping[str, float] | None = None,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights)
+        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights, compile)
         teacher, kd = to_plain(teacher), to_plain(kd)
         unknown = sorted(set(kd or {}) - set(KD_DEFAULTS))
         if unknown:

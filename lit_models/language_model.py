@@ -16,6 +16,7 @@ from torchmetrics import SumMetric
 from torchmetrics.text import Perplexity
 
 from lit_models.archs import TeacherSignal, build_arch
+from lit_models.compilation import compile_network, compile_setting
 from lit_models.recipe import TrainingRecipe
 
 IGNORE_INDEX = -100
@@ -30,6 +31,8 @@ class LanguageModel(TrainingRecipe):
         optimizer: AdamW settings ``lr``, ``weight_decay``, ``betas``, ``eps``.
         scheduler: ``warmup_steps`` and ``min_lr_ratio`` of the warmup + cosine schedule.
         loss_weights: lambda per regularizer term the architecture returns.
+        compile: ``torch.compile`` the network for training and evaluation steps: false, true
+            (inductor) or a backend name (``lit_models.compilation``); generation stays eager.
     """
 
     def __init__(
@@ -39,9 +42,12 @@ class LanguageModel(TrainingRecipe):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         loss_weights: Mapping[str, float] | None = None,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights)
+        super().__init__(arch, arch_config, optimizer, scheduler, loss_weights, compile=compile)
         self.net = build_arch(arch, self.hparams.arch_config)
+        self._compile_backend = compile_setting(compile)
+        self._compiled: list = []  # the compiled wrapper, outside the module tree (lazy)
         self.eval_sets: list[str] = []
         self.eval_stats: dict = {}
         # characters per token id (from the datamodule's tokenizer), for bits per character
@@ -90,9 +96,18 @@ class LanguageModel(TrainingRecipe):
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.net(input_ids)
 
+    def step_network(self):
+        """The network the training and evaluation steps call: ``self.net``, or with
+        ``compile`` its compiled wrapper (built at the first step, after any sharding)."""
+        if self._compile_backend is None:
+            return self.net
+        if not self._compiled:
+            self._compiled.append(compile_network(self.net, self._compile_backend))
+        return self._compiled[0]
+
     def _loss(self, batch: Mapping[str, torch.Tensor], teacher: TeacherSignal | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        logits, aux = self.net(batch["input_ids"], teacher=teacher)
+        logits, aux = self.step_network()(batch["input_ids"], teacher=teacher)
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
         )
