@@ -11,7 +11,16 @@ computes their H0 and H1 persistence with the topology engine and logs, per laye
   follows the layer's norm as training changes it; logged as ``topo/<layer>/scale``);
 * ``entropy``, ``total_persistence``: persistence entropy (nats) and total persistence of H0;
   ``entropy_h1``, ``total_persistence_h1``: the same for H1;
-* one image ``topo/diagrams`` (a persistence diagram per layer) through ``WandbLogger.log_image``.
+* one image ``topo/diagrams`` (a persistence diagram per layer) through ``WandbLogger.log_image``;
+* opt-in integration metrics (``integration``: any of ``INTEGRATION_METRICS``, functions of
+  ``lit_models.topology.intrinsic`` / ``integration``), on the same probe, same cadence:
+  ``id_twonn``, ``id_mle`` (intrinsic dimension, TwoNN and Levina-Bickel, on *all* the probe's
+  real token vectors: neighbour distances are cheap and small samples bias them), ``lz``
+  (normalised LZ76 complexity of the probe's token sequence as ``n_symbols`` k-means codes),
+  ``te_from_prev`` / ``te_to_prev`` (bias-corrected transfer entropy in bits from / to the
+  previous layer of ``layers``, on those codes; not for the first layer), ``recon_h0`` /
+  ``recon_h1`` (bottleneck distance between the layer's diagram and that of its PCA projection
+  to ``recon_dim`` dimensions, on the ``max_points`` subsample, same engine method).
 
 ``<layer>`` is the module name inside the LightningModule (``net.blocks.5``). The probe is the
 first batch of the datamodule's validation loader (a fresh loader: the training loaders'
@@ -37,6 +46,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from lhp.errors import UserError
 from lit_models.hidden_states import block_names, capture, resolve_layers
 from lit_models.topology import (
     METHODS,
@@ -46,8 +56,17 @@ from lit_models.topology import (
     persistence_entropy,
     total_persistence,
 )
+from lit_models.topology.integration import (
+    MAX_SYMBOLS,
+    lz_complexity,
+    reconstruction_error,
+    symbolize,
+    transfer_entropy,
+)
+from lit_models.topology.intrinsic import MLE_K, TWONN_MIN_POINTS, mle_dimension, twonn_dimension
 
 PROBE_SOURCES = ("val", "train")
+INTEGRATION_METRICS = ("twonn", "mle", "lz", "te", "recon")
 
 
 class TopologyMetrics(Callback):
@@ -65,14 +84,21 @@ class TopologyMetrics(Callback):
         probe_source: "val" (first validation batch, else first training batch) or "train".
         probe_batch_size: use only the first rows of the probe batch (None: all of them).
         log_images: log the persistence-diagram image to W&B loggers.
-        seed: seed of the token subsample.
+        seed: seed of the token subsample (and of the k-means symbols and TE surrogates).
+        integration: integration metrics to add (``INTEGRATION_METRICS``; None: none, the
+            callback's cost is then unchanged).
+        n_symbols: k of the k-means symbols for ``lz`` and ``te``.
+        recon_dim: PCA dimension of ``recon``.
+        te_surrogates: shuffled surrogates whose mean TE is subtracted (bias correction).
     """
 
     def __init__(self, every_n_steps: int = 50, layers: Sequence[int | str] | None = None,
                  max_points: int = 256, max_dim: int = 1, method: str = "auto",
                  scale: float | str = "auto", scale_factor: float = 2.0,
                  probe_source: str = "val", probe_batch_size: int | None = None,
-                 log_images: bool = True, seed: int = 0) -> None:
+                 log_images: bool = True, seed: int = 0,
+                 integration: Sequence[str] | None = None, n_symbols: int = 8,
+                 recon_dim: int = 2, te_surrogates: int = 20) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TopologyMetrics.{name} must be an int >= {minimum}, "
@@ -99,6 +125,17 @@ class TopologyMetrics(Callback):
         if layers is not None and (isinstance(layers, str | int) or len(layers) == 0):
             raise ValueError(f"TopologyMetrics.layers must be a non-empty list of block indices "
                              f"or module names, or null, got {layers!r}")
+        bad = [m for m in (integration or ()) if m not in INTEGRATION_METRICS]
+        if isinstance(integration, str) or bad:
+            raise UserError(f"TopologyMetrics.integration must be a list of {INTEGRATION_METRICS} "
+                            f"(or null), got {integration!r}")
+        positive_int("n_symbols", n_symbols, 2)
+        if n_symbols > MAX_SYMBOLS:
+            raise UserError(f"TopologyMetrics.n_symbols must be <= {MAX_SYMBOLS}, got {n_symbols}")
+        positive_int("recon_dim", recon_dim)
+        positive_int("te_surrogates", te_surrogates, 0)
+        self.integration = list(dict.fromkeys(integration or ()))
+        self.n_symbols, self.recon_dim, self.te_surrogates = n_symbols, recon_dim, te_surrogates
         self.every_n_steps, self.max_points, self.max_dim = every_n_steps, max_points, max_dim
         self.layers = list(layers) if layers is not None else None
         self.method, self.scale, self.scale_factor = method, scale, float(scale_factor)
@@ -109,6 +146,7 @@ class TopologyMetrics(Callback):
         self.last_step = -1  # global step of the last computation
         self.last_metrics: dict[str, float] = {}
         self.compute_seconds = 0.0  # total time spent computing (for overhead reports)
+        self.integration_seconds = 0.0  # the integration metrics' share of compute_seconds
         self.computations = 0
 
     # ------------------------------------------------------------------ setup
@@ -124,6 +162,9 @@ class TopologyMetrics(Callback):
                 self.layer_names = resolve_layers(pl_module, self.layers)
             except ValueError as err:
                 raise ValueError(f"TopologyMetrics.layers: {err}") from err
+        if "te" in self.integration and len(self.layer_names) < 2:
+            raise UserError(f"TopologyMetrics: integration 'te' needs at least 2 layers "
+                            f"(consecutive pairs), layers resolve to {self.layer_names}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.probe is None and trainer.is_global_zero and self.probe_source == "val":
@@ -155,10 +196,17 @@ class TopologyMetrics(Callback):
         mask = batch.get("attention_mask")
         valid = (mask[: self.probe_batch_size].cpu().bool() if mask is not None
                  else torch.ones_like(ids, dtype=torch.bool)).flatten().nonzero().flatten()
+        needed = max([TWONN_MIN_POINTS if "twonn" in self.integration else 0,
+                      MLE_K[1] + 1 if "mle" in self.integration else 0])
+        if len(valid) < needed:
+            raise UserError(f"TopologyMetrics: the probe batch has {len(valid)} real tokens; "
+                            f"integration {self.integration} needs >= {needed}: raise "
+                            "callbacks.topology_metrics.probe_batch_size or the batch size")
         gen = torch.Generator().manual_seed(self.seed)
+        index = valid
         if len(valid) > self.max_points:
-            valid = valid[torch.randperm(len(valid), generator=gen)[: self.max_points]].sort()[0]
-        self.probe = {"input_ids": ids, "index": valid}
+            index = valid[torch.randperm(len(valid), generator=gen)[: self.max_points]].sort()[0]
+        self.probe = {"input_ids": ids, "index": index, "valid": valid}
 
     # ------------------------------------------------------------------ triggers
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -180,10 +228,16 @@ class TopologyMetrics(Callback):
             if self.probe is None:
                 return
         start = time.perf_counter()
-        diagrams = self.diagrams(pl_module)
+        states = self.probe_states(pl_module)
+        diagrams = self.diagrams_of(self._select(states, "index"))
         metrics = {}
         for name, diagram in diagrams.items():
             metrics.update({f"topo/{name}/{k}": v for k, v in self.statistics(diagram).items()})
+        if self.integration:
+            t0 = time.perf_counter()
+            for name, stats in self.integration_metrics(states, diagrams).items():
+                metrics.update({f"topo/{name}/{k}": v for k, v in stats.items()})
+            self.integration_seconds += time.perf_counter() - t0
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
         if self.log_images and any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
@@ -197,8 +251,8 @@ class TopologyMetrics(Callback):
 
     # ------------------------------------------------------------------ computation
     @torch.no_grad()
-    def hidden_states(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        """(max_points, D) float32 token vectors per layer, from the probe batch."""
+    def probe_states(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        """(B * T, D) float32 vectors of every probe position per layer (one probe forward)."""
         modes = {m: m.training for m in pl_module.modules()}
         pl_module.eval()
         try:
@@ -207,15 +261,55 @@ class TopologyMetrics(Callback):
         finally:
             for module, training in modes.items():
                 module.training = training
-        out = {}
-        for name in self.layer_names:
-            h = store[name]
-            out[name] = h.reshape(-1, h.size(-1))[self.probe["index"].to(h.device)].float().cpu()
-        return out
+        return {name: store[name].reshape(-1, store[name].size(-1)).float().cpu()
+                for name in self.layer_names}
+
+    def _select(self, states: Mapping[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+        """The probe rows ``key`` names: "index" (the max_points subsample) or "valid" (every
+        real token, in order; probes saved before it existed: every position)."""
+        rows = self.probe.get(key)
+        return {name: h if rows is None else h[rows] for name, h in states.items()}
+
+    def hidden_states(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        """(max_points, D) float32 token vectors per layer, from the probe batch."""
+        return self._select(self.probe_states(pl_module), "index")
+
+    def diagrams_of(self, points: Mapping[str, torch.Tensor]) -> dict[str, Diagram]:
+        return {name: compute_persistence(p, max_dim=self.max_dim, method=self.method)
+                for name, p in points.items()}
 
     def diagrams(self, pl_module: L.LightningModule) -> dict[str, Diagram]:
-        return {name: compute_persistence(points, max_dim=self.max_dim, method=self.method)
-                for name, points in self.hidden_states(pl_module).items()}
+        return self.diagrams_of(self.hidden_states(pl_module))
+
+    def integration_metrics(self, states: Mapping[str, torch.Tensor],
+                            diagrams: Mapping[str, Diagram]) -> dict[str, dict[str, float]]:
+        """The ``integration`` metrics per layer, from ``probe_states`` and the layers' diagrams
+        (see the module docstring)."""
+        sequences = self._select(states, "valid")
+        points = self._select(states, "index")
+        symbols = ({n: symbolize(h, self.n_symbols, self.seed) for n, h in sequences.items()}
+                   if {"lz", "te"} & set(self.integration) else {})
+        out: dict[str, dict[str, float]] = {}
+        previous = None
+        for name in self.layer_names:
+            stats = out.setdefault(name, {})
+            if "twonn" in self.integration:
+                stats["id_twonn"] = twonn_dimension(sequences[name]).dimension
+            if "mle" in self.integration:
+                stats["id_mle"] = mle_dimension(sequences[name]).dimension
+            if "lz" in self.integration:
+                stats["lz"] = lz_complexity(symbols[name], alphabet_size=self.n_symbols)
+            if "te" in self.integration and previous is not None:
+                stats["te_from_prev"] = transfer_entropy(symbols[previous], symbols[name],
+                                                         self.te_surrogates, self.seed)
+                stats["te_to_prev"] = transfer_entropy(symbols[name], symbols[previous],
+                                                       self.te_surrogates, self.seed)
+            if "recon" in self.integration:
+                errors = reconstruction_error(points[name], self.recon_dim,
+                                              diagram=diagrams[name])
+                stats.update({f"recon_h{d}": v for d, v in errors.items()})
+            previous = name
+        return out
 
     def statistics(self, diagram: Diagram) -> dict[str, float]:
         """Betti numbers at the scale, entropy and total persistence (H0; H1 suffixed _h1)."""

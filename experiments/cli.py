@@ -50,11 +50,14 @@ def register(name: str, module: str | None, help: str,
 register("train", "experiments.train", "train a model (Hydra app: key=value overrides, -m for sweeps)")
 register("evaluate", "experiments.evaluate", "evaluate a checkpoint on a datamodule (Hydra app)")
 register("generate", "experiments.generate", "generate text from a checkpoint (Hydra app)")
+register("serve", "experiments.serve", "serve a checkpoint: OpenAI-compatible HTTP API + chat page (Hydra app)")
+register("export", "experiments.export", "export a checkpoint: safetensors, ONNX (parity-checked), ONNX int8 (Hydra app)")
 register("study", "experiments.study", "run every variant x seed of a study, resumably, and summarize")
 register("atlas", "experiments.atlas", "Fractal Atlas library: train-core, export, add-book, reconstruct, ...")
 register("h2q", "experiments.h2q", "H2Q weight store: structure, load-layer, analyse, validate, ...")
 register("tcs-stream", "experiments.tcs_stream", "stream a text file through TCS: Betti events (Hydra app)")
 register("tcs-boundary", "experiments.tcs_boundary", "boundary study: do Betti events mark structure?")
+register("tcs-id-profile", "experiments.tcs_id_profile", "intrinsic dimension across layers and training (ID anchor)")
 register("compare", "experiments.compare", "compare runs offline: table (md/csv/html) and plots; --preset indra")
 
 

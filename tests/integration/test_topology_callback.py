@@ -1,5 +1,6 @@
-"""TopologyMetrics on a tiny training run: topo/ metrics in the CSV log (finite), the diagram
-image in the offline W&B run, clear errors for bad arguments, training left unchanged."""
+"""TopologyMetrics on a tiny training run: topo/ metrics in the CSV log (finite), the integration
+metrics when asked, the diagram image in the offline W&B run, clear errors for bad arguments,
+training left unchanged."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import torch
 
 from callbacks.topology_metrics import TopologyMetrics, diagram_image
 from experiments.train import train
+from lhp.errors import UserError
 from lit_models.language_model import LanguageModel
 from lit_models.topology import compute_persistence
 
 RUN = ["experiment=smoke_tiny", "callbacks=with_topology", "trainer.max_steps=10",
        "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "test=false",
-       "callbacks.topology_metrics.every_n_steps=4", "callbacks.topology_metrics.max_points=64"]
+       "callbacks.topology_metrics.every_n_steps=4", "callbacks.topology_metrics.max_points=64",
+       "callbacks.topology_metrics.integration=[twonn,mle,lz,te,recon]"]
 STATS = ("betti0", "betti1", "entropy", "total_persistence", "scale", "entropy_h1",
-         "total_persistence_h1")
+         "total_persistence_h1", "id_twonn", "id_mle", "lz", "recon_h0", "recon_h1")
 
 
 def test_tiny_run_logs_finite_topology_metrics_and_an_image(make_cfg) -> None:
@@ -39,6 +42,13 @@ def test_tiny_run_logs_finite_topology_metrics_and_an_image(make_cfg) -> None:
             assert all(math.isfinite(v) for v in values), (layer, stat, values)
         assert all(float(r[f"topo/{layer}/betti0"]) >= 1 for r in topo)
         assert any(float(r[f"topo/{layer}/total_persistence"]) > 0 for r in topo)
+        width = cb.hidden_states(objects["model"])[layer].shape[1]
+        assert all(0 < float(r[f"topo/{layer}/id_twonn"]) < width for r in topo)
+        assert all(0 < float(r[f"topo/{layer}/lz"]) < 2 for r in topo)
+    # transfer entropy from / to the previous layer: on the second layer only
+    assert all(math.isfinite(float(r["topo/net.blocks.1/te_from_prev"])) for r in topo)
+    assert "topo/net.blocks.0/te_from_prev" not in rows[0]
+    assert cb.integration_seconds > 0
     images = list(out.glob("wandb/offline-run-*/files/media/images/topo/*.png"))
     assert len(images) == 3, images
     assert cb.computations == 3 and cb.probe["index"].numel() == 64
@@ -79,10 +89,21 @@ def test_unknown_layer_lists_the_blocks(tiny_module) -> None:
     ({"max_dim": 2}, "max_dim"), ({"method": "cech"}, "method"), ({"scale": -1.0}, "scale"),
     ({"probe_source": "test"}, "probe_source"), ({"layers": []}, "layers"),
     ({"layers": "net.blocks.0"}, "layers"), ({"probe_batch_size": 0}, "probe_batch_size"),
+    ({"integration": ["twonn", "fractal"]}, "integration"), ({"integration": "lz"}, "integration"),
+    ({"n_symbols": 1}, "n_symbols"), ({"n_symbols": 257}, "n_symbols"),
+    ({"recon_dim": 0}, "recon_dim"), ({"te_surrogates": -1}, "te_surrogates"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TopologyMetrics(**kwargs)
+
+
+def test_integration_needs_enough_probe_tokens_and_two_layers(tiny_module) -> None:
+    cb = TopologyMetrics(integration=["mle"])
+    with pytest.raises(UserError, match=r"3 real tokens.*needs >= 21.*probe_batch_size"):
+        cb._set_probe({"input_ids": torch.ones(1, 3, dtype=torch.long)})
+    with pytest.raises(UserError, match="'te' needs at least 2 layers"):
+        TopologyMetrics(integration=["te"], layers=[-1]).setup(None, tiny_module, "fit")
 
 
 def test_probe_uses_only_real_tokens_and_statistics_on_known_cloud(tiny_module) -> None:
