@@ -1,21 +1,36 @@
 """Estimate training memory before the first step, check it against a budget, log the real peak.
 
-The estimate (``estimate_memory``) has exact parts and one modelled part:
+The estimate (``estimate_memory`` for a built net, ``estimate_bytes`` from an architecture name
+and config values, per GPU) has exact parts and modelled parts, with no fitted offsets:
 
 * exact, in bytes, from the parameters and the optimizer: weights (numel x element size at the
-  run's precision, tied tensors once), gradients (same, trainable ones), optimizer state (Adam /
-  AdamW: ``exp_avg`` + ``exp_avg_sq`` in the parameter's dtype (+ ``max_exp_avg_sq`` with
-  amsgrad) and a 4-byte ``step`` per tensor; SGD: one momentum buffer if momentum > 0);
-* under ``*-mixed`` precision, the half-precision copies autocast keeps of every matrix
-  parameter during a step (2 bytes x numel of the >= 2-D parameters);
-* modelled, by the architecture's config itself: activations saved for backward per
-  micro-batch x sequence (``config.activation_bytes``, each term documented on the config
-  classes in ``lit_models/archs/``, after Korthikanti et al. 2023, "Reducing Activation
-  Recomputation in Large Transformer Models"), with or without activation checkpointing, plus
-  the cross-entropy backward's float32 transients. No fitted offsets.
+  run's precision, tied tensors once), gradients (trainable ones), optimizer state (Adam /
+  AdamW: ``exp_avg`` + ``exp_avg_sq`` (+ ``max_exp_avg_sq`` with amsgrad) and a 4-byte
+  ``step`` per tensor; SGD: one momentum buffer if momentum > 0);
+* under ``*-mixed`` precision, the half-precision copies autocast makes of every matrix
+  parameter and the matmuls keep for backward (2 bytes x numel of the >= 2-D parameters);
+* modelled by the architecture's config itself (``config.activation_bytes``, each term
+  documented on the config classes in ``lit_models/archs/``, after Korthikanti et al. 2023):
+  activations saved for backward per micro-batch x sequence (with activation checkpointing:
+  the block inputs plus one block), and the backward's transient (the larger of the loss's:
+  logits plus float32 log-softmax gradients, and one block's backward temporaries);
+* the end of the forward: the logits and, under mixed precision, their float32 copy for the
+  loss, while the previous step's gradients still exist (Lightning zeroes them, set to None,
+  between forward and backward);
+* the optimizer step's temporaries: on CUDA the foreach AdamW's one float32 tensor per
+  parameter of its largest group (``exp_avg_sq.sqrt()``), on CPU (one tensor at a time) two
+  tensors the size of the largest parameter;
+* the strategy, per GPU: under FSDP (``sharded``) weights, gradients, optimizer state and step
+  temporaries are divided by the world size (dim-0 shards, padded), plus a working set of
+  unsharded parameters (the root unit: embeddings and head, and two blocks: the current and the
+  prefetched one) and unsharded gradients (root and one block) before their reduce-scatter;
+  under DDP nothing is divided and the gradient buckets add one copy of the gradients;
+* on CUDA the caching allocator's rounding (512-byte blocks: half a block per live tensor).
 
-The sum is an upper bound of ``torch.cuda.max_memory_allocated``: gradients grow while
-activations are freed in backward, so they never fully coexist. The CUDA context (~0.3-0.5 GB)
+The peak is the weights, optimizer state, communication buffers and rounding plus the largest
+of three moments: the start of backward (activations + transient, + gradients when they
+accumulate over micro-batches), the end of the forward (activations + logits + the previous
+gradients) and the optimizer step (gradients + step temporaries). The CUDA context (~0.3-0.5 GB)
 is outside the allocator, which is why the default target (7) is below the budget (8). Sizes are
 in GiB (2^30 bytes), written "GB" as GPU memory is sold.
 
@@ -31,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -60,13 +76,24 @@ class MemoryEstimate:
     autocast_copies: int
     activations: int
     transient: int
+    forward_transient: int = 0
+    optimizer_step: int = 0
+    communication: int = 0
+    rounding: int = 0
+    accumulating: bool = False  # gradients of earlier micro-batches live through backward
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, f.name) for f in fields(self))
+        backward = (self.autocast_copies + self.activations + self.transient
+                    + (self.grads if self.accumulating else 0))
+        forward_end = self.autocast_copies + self.activations + self.forward_transient + self.grads
+        step = self.grads + self.optimizer_step
+        return (self.weights + self.optimizer + self.communication + self.rounding
+                + max(backward, forward_end, step))
 
     def describe(self) -> str:
-        parts = ", ".join(f"{f.name} {getattr(self, f.name) / GB:.3f}" for f in fields(self))
+        parts = ", ".join(f"{f.name} {getattr(self, f.name) / GB:.3f}" for f in fields(self)
+                          if f.name != "accumulating")
         return f"{self.total / GB:.2f} GB ({parts})"
 
 
@@ -117,7 +144,7 @@ def optimizer_state_bytes(module: nn.Module, optimizer: str | torch.optim.Optimi
 
 
 def activation_bytes(config: Any, micro_batch: int, seq_len: int, elem: int,
-                     checkpointing: bool = False) -> tuple[int, int]:
+                     checkpointing: bool = False, device: str = "cpu") -> tuple[int, int]:
     """(saved activations, cross-entropy backward transient) in bytes: what the architecture's
     config says (``config.activation_bytes``, each term documented there: the GPT's in
     ``lit_models/archs/gpt.py``, QTG's extra terms in ``qtg.py``). ``elem`` is the activation
@@ -127,24 +154,93 @@ def activation_bytes(config: Any, micro_batch: int, seq_len: int, elem: int,
         raise ValueError(f"VRAMBudget: {type(config).__name__} has no activation_bytes(b, s, elem, "
                          "checkpointing) method, so its activation memory cannot be estimated "
                          "(token architectures inherit one from GPTConfig)")
-    return method(micro_batch, seq_len, elem, checkpointing)
+    return method(micro_batch, seq_len, elem, checkpointing, device=device)
+
+
+def _sharded_numel(p: torch.Tensor, world_size: int) -> int:
+    """Elements of one rank's dim-0 shard of ``p`` (FSDP2 pads dim 0 to a multiple of the world)."""
+    if p.dim() == 0:
+        return 1
+    return -(-p.shape[0] // world_size) * (p.numel() // max(p.shape[0], 1))
 
 
 def estimate_memory(net: nn.Module, micro_batch: int, seq_len: int, precision: str = "32-true",
                     optimizer: str | torch.optim.Optimizer = "adamw",
-                    checkpointing: bool | None = None, **optimizer_options: Any) -> MemoryEstimate:
-    """Peak training memory of ``net`` (an architecture with a ``config``) for one micro-batch."""
+                    checkpointing: bool | None = None, *, world_size: int = 1,
+                    sharded: bool = False, accumulate: int = 1, device: str = "cuda",
+                    **optimizer_options: Any) -> MemoryEstimate:
+    """Peak training memory per device of ``net`` (an architecture with a ``config``) for one
+    micro-batch; ``world_size``/``sharded``: the strategy (FSDP when sharded, DDP when not and
+    the world is larger than 1); ``device``: "cuda" or "cpu" (optimizer temporaries, rounding)."""
+    if world_size < 1:
+        raise ValueError(f"VRAMBudget: world_size must be >= 1, got {world_size}")
     p_elem, a_elem = _precision_sizes(precision)
+    mixed = str(precision).endswith("-mixed")
     if checkpointing is None:
         checkpointing = bool(getattr(net.config, "activation_checkpointing", False))
-    copies = 0
-    if str(precision).endswith("-mixed"):
-        copies = 2 * sum(p.numel() for p in _unique_params(net) if p.dim() >= 2)
-    acts, transient = activation_bytes(net.config, micro_batch, seq_len, a_elem, checkpointing)
+    params = _unique_params(net)
+    trainable = [p for p in params if p.requires_grad]
+    copies = 2 * sum(p.numel() for p in params if p.dim() >= 2) if mixed else 0
+    acts, transient = activation_bytes(net.config, micro_batch, seq_len, a_elem, checkpointing,
+                                       device)
+    vocab = getattr(net.config, "vocab_size", 0)
+    logits = micro_batch * seq_len * vocab * (a_elem + (4 if mixed else 0))
+    weights = parameter_bytes(net, p_elem)
+    grads = gradient_bytes(net, p_elem)
+    state = optimizer_state_bytes(net, optimizer, p_elem, **optimizer_options)
+    if device == "cuda":  # foreach AdamW: a float32 tensor per parameter of the largest group
+        step = p_elem * max(sum(p.numel() for p in trainable if p.dim() >= 2),
+                            sum(p.numel() for p in trainable if p.dim() < 2))
+    else:  # one parameter at a time: sqrt(exp_avg_sq) and its quotient
+        step = 2 * p_elem * max((p.numel() for p in trainable), default=0)
+    comm = 0
+    if sharded:
+        shard = {id(p): _sharded_numel(p, world_size) for p in params}
+        full = sum(p.numel() for p in params) or 1
+        weights = sum(shard[id(p)] for p in params) * p_elem
+        grads = sum(shard[id(p)] for p in trainable) * p_elem
+        state = state * weights // (full * p_elem)
+        step = -(-step // world_size)
+        blocks = list(getattr(net, "blocks", []))
+        block = max((parameter_bytes(b, p_elem) for b in blocks), default=0)
+        root = full * p_elem - sum(parameter_bytes(b, p_elem) for b in blocks)
+        comm = (root + 2 * block) + (root + block)  # unsharded params, then grads
+    elif world_size > 1:
+        comm = grads  # DDP's gradient buckets
+    rounding = 0
+    if device == "cuda":
+        n_layer = len(list(getattr(net, "blocks", [])))
+        rounding = 256 * (5 * len(params) + 32 * n_layer)
     return MemoryEstimate(
-        weights=parameter_bytes(net, p_elem), grads=gradient_bytes(net, p_elem),
-        optimizer=optimizer_state_bytes(net, optimizer, p_elem, **optimizer_options),
-        autocast_copies=copies, activations=acts, transient=transient)
+        weights=weights, grads=grads, optimizer=state, autocast_copies=copies, activations=acts,
+        transient=transient, forward_transient=logits, optimizer_step=step, communication=comm,
+        rounding=rounding, accumulating=accumulate > 1)
+
+
+def estimate_bytes(arch_name: str, arch_config: Mapping[str, Any], batch: int, seq: int,
+                   precision: str = "bf16-mixed", world_size: int = 1, sharded: bool = False,
+                   *, checkpointing: bool | None = None, accumulate: int = 1,
+                   device: str = "cuda", optimizer: str = "adamw") -> MemoryEstimate:
+    """``estimate_memory`` from an architecture name and its config values, without building
+    weights (the net is made on the meta device): what the budget callback predicts per GPU."""
+    from lit_models.archs import build_arch
+
+    with torch.device("meta"):
+        net = build_arch(arch_name, dict(arch_config))
+    return estimate_memory(net, batch, seq, precision, optimizer, checkpointing,
+                           world_size=world_size, sharded=sharded, accumulate=accumulate,
+                           device=device)
+
+
+def strategy_layout(trainer: Any) -> tuple[int, bool]:
+    """(world size, sharded) of a trainer's strategy: sharded for FSDP (Lightning's
+    ``FSDPStrategy`` or ``ModelParallelStrategy``, on which the platform's ``trainer=fsdp``
+    is built), data parallel otherwise."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    strategy = getattr(trainer, "strategy", None)
+    return world, isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
 
 
 def measured_peak_bytes(device: torch.device) -> int:
@@ -211,9 +307,16 @@ class VRAMBudget(Callback):
 
     # ------------------------------------------------------------------ estimate
     def _estimate(self, trainer: L.Trainer, pl_module: L.LightningModule, micro_batch: int,
-                  seq_len: int) -> MemoryEstimate:
+                  seq_len: int, accumulate: int | None = None) -> MemoryEstimate:
+        world, sharded = strategy_layout(trainer)
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        on_cuda = isinstance(getattr(trainer, "accelerator", None), CUDAAccelerator)
         return estimate_memory(pl_module.net, micro_batch, seq_len, str(trainer.precision),
-                               self.optimizer, self.activation_checkpointing)
+                               self.optimizer, self.activation_checkpointing, world_size=world,
+                               sharded=sharded,
+                               accumulate=accumulate or int(trainer.accumulate_grad_batches),
+                               device="cuda" if on_cuda else "cpu")
 
     def _shape(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, int]:
         dm = trainer.datamodule
@@ -255,7 +358,7 @@ class VRAMBudget(Callback):
         for new_micro in range(micro - 1, 0, -1):
             if effective % new_micro:
                 continue
-            est = self._estimate(trainer, pl_module, new_micro, seq)
+            est = self._estimate(trainer, pl_module, new_micro, seq, effective // new_micro)
             if est.total <= self.target_gb * GB:
                 trainer.datamodule.batch_size = new_micro
                 trainer.accumulate_grad_batches = effective // new_micro
@@ -277,7 +380,8 @@ class VRAMBudget(Callback):
             rss = reset_cpu_peak()
             if rss is not None:
                 self.cpu_base_bytes = max(rss - parameter_bytes(pl_module.net), 0)
-        if trainer.optimizers and self.estimate is not None:  # the real optimizer, exactly
+        if (trainer.optimizers and self.estimate is not None
+                and not strategy_layout(trainer)[1]):  # the real optimizer, exactly (unsharded)
             self.estimate.optimizer = optimizer_state_bytes(
                 pl_module.net, trainer.optimizers[0], _precision_sizes(str(trainer.precision))[0])
 

@@ -1,6 +1,6 @@
 """Training throughput of one model under 1 process, DDP x2 and FSDP x2 at the same global batch.
 
-    lhp bench strategies [--steps 40] [--warmup 10] [--out report.json] [--quick]
+    lhp bench strategies [--steps 40] [--warmup 10] [--rounds 2] [--out report.json] [--quick]
 
 Each side is a real ``python -m experiments.train`` run (Lightning launches the ranks) of
 ``experiment=smoke`` (a 0.8M-param GPT, block 128) with a global batch of 32 sequences: one
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,22 +72,25 @@ def gpu_checks(device: torch.device, tiny: bool) -> Iterator[tuple[str, float, s
 
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    parser = common.bench_parser(__doc__, steps=(40, 10, 1))
+    parser = common.bench_parser(__doc__, steps=(40, 10, 2))
     parser.add_argument("--quick", action="store_true", help="3 timed steps of smoke_tiny (CI)")
     args = common.parse_args(parser, argv)
     experiment, steps, warmup = ("smoke_tiny", 3, 2) if args.quick else ("smoke", args.steps, args.warmup)
     batch = 8 if args.quick else GLOBAL_BATCH
-    rows = []
+    rates: dict[str, list[float]] = {name: [] for name in SIDES}
+    order = list(SIDES.items())
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (trainer, ranks) in common.progress(SIDES.items(), "strategies", len(SIDES)):
-            rate = measure(trainer, ranks, steps, warmup, Path(tmp), experiment, batch)
-            rows.append({"side": name, "processes": ranks, "batch_per_rank": batch // ranks,
-                         "tokens_per_s": rate})
+        for r in common.progress(range(args.rounds), "strategies rounds", args.rounds):
+            for name, (trainer, ranks) in order if r % 2 == 0 else order[::-1]:  # alternate: load drifts
+                rates[name].append(measure(trainer, ranks, steps, warmup, Path(tmp), experiment, batch))
+    rows = [{"side": name, "processes": ranks, "batch_per_rank": batch // ranks,
+             "tokens_per_s": statistics.median(rates[name])} for name, (_, ranks) in SIDES.items()]
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["vs_1_process"] = row["tokens_per_s"] / base
     cores = len(os.sched_getaffinity(0))
-    headline = (f"strategies ({experiment}, global batch {batch}, {steps} timed steps, {cores} cores): "
+    headline = (f"strategies ({experiment}, global batch {batch}, {steps} timed steps, median of "
+                f"{args.rounds} alternated rounds, {cores} cores): "
                 + ", ".join(f"{r['side']} {r['vs_1_process']:.2f}x" for r in rows[1:])
                 + f" of 1 process ({base:,.0f} tokens/s)")
     common.report(rows, headline, args.out, columns=[

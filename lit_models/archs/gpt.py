@@ -108,7 +108,7 @@ class GPTConfig:
         return (4 + elem + elem + 4 + elem + 2 * elem * (self.mlp_hidden / self.n_embd)
                 + 2 * drop) * (b * s * self.n_embd)
 
-    def block_activation_bytes(self, b: int, s: int, elem: int) -> float:
+    def block_activation_bytes(self, b: int, s: int, elem: int, device: str = "cpu") -> float:
         """One block: the base, QK-norm inputs 2ex, and SDPA (flash / memory-efficient kernels):
         q, k, v and output 4ex plus a float32 log-sum-exp per head and query."""
         x = b * s * self.n_embd
@@ -128,29 +128,31 @@ class GPTConfig:
         and input, 8*b*s*V."""
         return (elem + 8) * b * s * self.vocab_size
 
-    def block_backward_bytes(self, b: int, s: int, elem: int) -> float:
+    def block_backward_bytes(self, b: int, s: int, elem: int, device: str = "cpu") -> float:
         """Temporaries of one block's backward beside the saved activations: the incoming and
         outgoing residual gradients 8x, the MLP's hidden gradient 2*e*f/h x (f = MLP width) and,
         for SDPA, the q, k, v gradients 3ex (the fused kernels keep no (s, s) matrix)."""
         return (8 + 2 * elem * self.mlp_hidden / self.n_embd + 3 * elem) * (b * s * self.n_embd)
 
-    def activation_bytes(self, b: int, s: int, elem: int, checkpointing: bool | None = None
-                         ) -> tuple[int, int]:
+    def activation_bytes(self, b: int, s: int, elem: int, checkpointing: bool | None = None,
+                         device: str = "cpu") -> tuple[int, int]:
         """(saved activations, backward transient) in bytes for one micro-batch.
 
         Saved: the embeddings, every block and the head as above. With ``checkpointing``
         (default: the config's ``activation_checkpointing``) each block keeps only its input
         (4x) and one block is live again during its recomputation. Transient: the larger of the
         loss's (``loss_transient_bytes``) and one block's backward (``block_backward_bytes``).
+        ``device`` ("cpu" or "cuda") names the kernels the blocks use where that matters (QTG).
         """
         if checkpointing is None:
             checkpointing = self.activation_checkpointing
         x = b * s * self.n_embd
-        block = self.block_activation_bytes(b, s, elem)
+        block = self.block_activation_bytes(b, s, elem, device)
         layers = (4 * x * self.n_layer + block) if checkpointing else block * self.n_layer
         saved = (self.embedding_activation_bytes(b, s, elem) + layers
                  + self.head_activation_bytes(b, s, elem))
-        transient = max(self.loss_transient_bytes(b, s, elem), self.block_backward_bytes(b, s, elem))
+        transient = max(self.loss_transient_bytes(b, s, elem),
+                        self.block_backward_bytes(b, s, elem, device))
         return int(saved), int(transient)
 
 

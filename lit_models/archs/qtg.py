@@ -85,21 +85,26 @@ class QTGConfig(GPTConfig):
             embed += 4 * x * (2 * self.topo_k + 2)
         return embed
 
-    def block_activation_bytes(self, b: int, s: int, elem: int) -> float:
+    def block_activation_bytes(self, b: int, s: int, elem: int, device: str = "cpu") -> float:
         """Dot attention: the GPT's block. Fisher-Rao attention, instead of SDPA and QK-norm:
         query and key log-probabilities, probabilities and their square roots in float32
-        (3 x 4 x 2 = 24x), v and the output in float32 (8x), and the angle and probability
-        matrices, float32 (b, heads, s, s) each: 8 * b * heads * s^2 bytes."""
+        (3 x 4 x 2 = 24x), v and the output in float32 (8x); on CPU (the block-causal kernel)
+        the angle and probability matrices, float32 (b, heads, s, s) each: 8 * b * heads * s^2
+        bytes; on CUDA (FlexAttention) no (s, s) matrix, a float32 log-sum-exp per head and
+        query instead."""
         if self.attention == "dot":
-            return super().block_activation_bytes(b, s, elem)
-        return self.block_base_activation_bytes(b, s, elem) + (
-            (24 + 8) * (b * s * self.n_embd) + 8 * b * self.n_head * s * s)
+            return super().block_activation_bytes(b, s, elem, device)
+        scores = 4 * b * self.n_head * s if device == "cuda" else 8 * b * self.n_head * s * s
+        return self.block_base_activation_bytes(b, s, elem) + (32 * (b * s * self.n_embd) + scores)
 
-    def block_backward_bytes(self, b: int, s: int, elem: int) -> float:
-        """Dot attention: the GPT's. Fisher-Rao attention adds the float32 gradients of its
-        (b, heads, s, s) probability and score matrices, 8 * b * heads * s^2 bytes."""
-        base = super().block_backward_bytes(b, s, elem)
-        return base if self.attention == "dot" else base + 8 * b * self.n_head * s * s
+    def block_backward_bytes(self, b: int, s: int, elem: int, device: str = "cpu") -> float:
+        """Dot attention: the GPT's. Fisher-Rao attention on CPU adds the float32 gradients of
+        its (b, heads, s, s) probability and score matrices, 8 * b * heads * s^2 bytes (none on
+        CUDA: FlexAttention's backward works block by block)."""
+        base = super().block_backward_bytes(b, s, elem, device)
+        if self.attention == "dot" or device == "cuda":
+            return base
+        return base + 8 * b * self.n_head * s * s
 
 
 @register("qtg", QTGConfig, shard_unit=Block)

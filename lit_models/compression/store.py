@@ -66,6 +66,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SHARED_PREFIX = "__shared__/"
 CHECKSUMS: dict[str, Callable[[], Any]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 DEFAULT_CHECKSUM = "xxh3_128"
+# Bytes read from a chunk's BLOB at a time: small enough to stay in cache between the read, the
+# copy into the tensor and the checksum, large enough that the per-call cost is negligible.
+READ_SLICE = 1 << 18
 # The columns a chunk's checksum covers besides its data (schema version >= 2).
 META_COLUMNS = ("layer_name", "chunk_index", "n_chunks", "tensor_shape", "dtype", "byte_offset",
                 "invariants", "compression_info")
@@ -543,26 +546,104 @@ class WeightStore:
                                    f"of {n_chunks or '?'} chunks")
         self._pending_access[name] += 1
 
+    def _chunk_plan(self, name: str) -> list[tuple]:
+        """A layer's chunks in order as (rowid, chunk_id, metadata row, checksum, data length),
+        read without their data (``data`` is the last column and ``length`` does not read it)."""
+        columns = ", ".join(META_COLUMNS)
+        with self._lock:
+            try:
+                rows = self._db().execute(
+                    f"SELECT rowid, chunk_id, {columns}, {self._checksum_column}, length(data), "
+                    "typeof(data) FROM weight_chunks WHERE layer_name=? ORDER BY chunk_index",
+                    (name,)).fetchall()
+            except sqlite3.DatabaseError as err:
+                raise WeightStoreError(f"{self.path}: cannot read layer {name!r}: {err}; the "
+                                       "file is damaged") from err
+        plan, n_chunks = [], None
+        for rowid, chunk_id, *meta, digest, length, kind in rows:
+            if meta[1] != len(plan) or meta[2] != (n_chunks or meta[2]):
+                break
+            if kind != "blob":
+                raise WeightStoreError(f"{self.path}: chunk {chunk_id!r} of layer {name!r} holds "
+                                       f"{kind}, not bytes; the file is damaged")
+            n_chunks = meta[2]
+            plan.append((rowid, chunk_id, tuple(meta), digest, int(length)))
+        if len(plan) != n_chunks:
+            raise WeightStoreError(f"{self.path}: layer {name!r} is incomplete: found {len(plan)} "
+                                   f"of {n_chunks or '?'} chunks")
+        return plan
+
+    def _checksum_failure(self, name: str, chunk_id: str) -> ChecksumError:
+        return ChecksumError(
+            f"{self.path}: chunk {chunk_id!r} of layer {name!r} fails its {self.checksum} check: "
+            "its bytes or metadata (shape, dtype, codec) were modified or damaged; restore the "
+            "file from a good copy")
+
+    def _check_chunks(self, name: str, plan: list[tuple]) -> None:
+        """Read and verify chunks one by one (raising ``ChecksumError`` at the first bad one):
+        run before reporting a layout error, so an edited shape or offset names its chunk."""
+        for rowid, chunk_id, meta, digest, _ in plan:
+            with self._lock, self._db().blobopen("weight_chunks", "data", rowid,
+                                                 readonly=True) as blob:
+                data = blob.read()
+            if self._digest(meta, data) != digest:
+                raise self._checksum_failure(name, chunk_id)
+
     def load_stored(self, name: str, verify: bool = True) -> tuple[torch.Tensor, dict | None]:
-        """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info."""
+        """The stored tensor (raw, or a compressed layer's payload bytes) and its compression info.
+
+        One tensor is allocated from chunk 0's metadata and each chunk's BLOB is read into it
+        (``Connection.blobopen``, in slices of ``READ_SLICE`` bytes: SQLite reads the overflow
+        pages straight into the slice, which is checksummed while it is in cache); the layout
+        (offsets, total size) is checked against the metadata first, so no bytes land outside
+        the tensor, and a chunk whose metadata was edited fails its checksum before any layout
+        error is reported.
+        """
         target = self._resolve(name)
-        buf = None
-        total = 0
-        for meta, data in self._chunk_rows(target, verify):
-            if buf is None:  # chunk 0, checked: allocate the whole tensor once
-                shape, torch_dtype, comp = self._decoding(target, meta)
-                storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
-                out = torch.empty(math.prod(shape), dtype=storage)
-                buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
-            offset = meta[5]
-            if offset + len(data) > buf.size:
-                raise WeightStoreError(f"{self.path}: layer {target!r} has more bytes than its "
-                                       f"shape {shape} and dtype {meta[4]} hold")
-            buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
-            total += len(data)
-        if total != buf.size:
-            raise WeightStoreError(f"{self.path}: layer {target!r} holds {total} bytes, its shape "
-                                   f"{shape} and dtype {meta[4]} need {buf.size}")
+        plan = self._chunk_plan(target)
+        try:
+            shape, torch_dtype, comp = self._decoding(target, plan[0][2])
+            storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
+            nbytes = math.prod(shape) * torch.empty((), dtype=storage).element_size()
+            offsets = [m[5] for _, _, m, _, _ in plan]
+            layout_ok = (offsets == [sum(p[4] for p in plan[:i]) for i in range(len(plan))]
+                         and sum(p[4] for p in plan) == nbytes)
+        except WeightStoreError:
+            if verify:
+                self._check_chunks(target, plan)
+            raise
+        if not layout_ok:
+            if verify:
+                self._check_chunks(target, plan)
+            raise WeightStoreError(f"{self.path}: layer {target!r} holds {sum(p[4] for p in plan)} "
+                                   f"bytes at offsets {offsets[:4]}..., its shape {list(shape)} and "
+                                   f"dtype {plan[0][2][4]} need {nbytes} in consecutive chunks")
+        out = torch.empty(math.prod(shape), dtype=storage)
+        buf = out.view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
+        hasher = CHECKSUMS[self.checksum]
+        with self._lock:
+            conn = self._db()
+            for rowid, chunk_id, meta, digest, length in plan:
+                h = hasher() if verify else None
+                if h is not None and self._covers_meta:
+                    h.update(json.dumps(meta, separators=(",", ":")).encode())
+                offset = meta[5]
+                try:
+                    with conn.blobopen("weight_chunks", "data", rowid, readonly=True) as blob:
+                        if len(blob) != length:
+                            raise WeightStoreError(f"{self.path}: chunk {chunk_id!r} of layer "
+                                                   f"{target!r} changed while it was read")
+                        for at in range(0, length, READ_SLICE):
+                            data = blob.read(READ_SLICE)
+                            buf[offset + at:offset + at + len(data)] = np.frombuffer(data, np.uint8)
+                            if h is not None:
+                                h.update(data)
+                except sqlite3.DatabaseError as err:
+                    raise WeightStoreError(f"{self.path}: cannot read layer {target!r}: {err}; "
+                                           "the file is damaged") from err
+                if h is not None and h.hexdigest() != digest:
+                    raise self._checksum_failure(target, chunk_id)
+            self._pending_access[target] += 1
         out = out.reshape(shape)
         return (out.to(torch.bool) if torch_dtype == torch.bool else out), comp
 
@@ -595,16 +676,35 @@ class WeightStore:
         return None if comp is None else self._encoded(stored, comp, True)
 
     def load_state_dict(self, names: list[str] | None = None, verify: bool = True,
-                        ) -> dict[str, torch.Tensor]:
-        """All (or the given) layers; aliases come back as the same tensor object (tied)."""
-        out: dict[str, torch.Tensor] = {}
-        by_target: dict[str, torch.Tensor] = {}
-        for name in names if names is not None else self.names():
-            target = self._resolve(name)
-            if target not in by_target:
-                by_target[target] = self.load(target, verify)
-            out[name] = by_target[target]
-        return out
+                        lazy: bool = False) -> dict[str, torch.Tensor] | LazyStateDict:
+        """All (or the given) layers; aliases come back as the same tensor object (tied).
+
+        ``lazy=True`` returns a read-only mapping that reads and verifies each layer at its
+        first access (a damaged chunk raises ``ChecksumError`` there), while the store is open.
+        A full load asks the kernel to read the file ahead (``posix_fadvise`` WILLNEED), and
+        reads the layers in the order they lie in the file.
+        """
+        wanted = names if names is not None else self.names()
+        if lazy:
+            return LazyStateDict(self, wanted, verify)
+        if names is None:
+            self._read_ahead()
+        targets = {name: self._resolve(name) for name in wanted}
+        with self._lock:
+            first = dict(self._db().execute(
+                "SELECT layer_name, rowid FROM weight_chunks WHERE chunk_index=0"))
+        by_target = {t: self.load(t, verify)
+                     for t in sorted(set(targets.values()), key=lambda t: first.get(t, 0))}
+        return {name: by_target[targets[name]] for name in wanted}
+
+    def _read_ahead(self) -> None:
+        """Tell the kernel the whole file will be read (a no-op where unsupported)."""
+        with contextlib.suppress(AttributeError, OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def load_into(self, module: torch.nn.Module, strict: bool = True) -> None:
         """Copy the stored weights into ``module``, naming this file and every mismatch (missing,
@@ -715,21 +815,39 @@ class WeightStore:
         }
 
     def export_safetensors(self, path: str | os.PathLike, names: list[str] | None = None) -> Path:
-        """Write the decoded tensors to a safetensors file (atomically: temp file + rename)."""
-        from safetensors.torch import save_file
+        """Write the decoded tensors to a safetensors file through the platform's one writer
+        (``lit_models.exporting``: atomic, tied tensors stored once with their aliases)."""
+        from lit_models.exporting.safetensors_dir import write_safetensors
 
-        path = Path(path)
-        tensors, seen = {}, set()
-        for name, t in self.load_state_dict(names).items():
-            tensors[name] = t.clone() if id(t) in seen else t.contiguous()  # no shared storage
-            seen.add(id(t))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={"source": str(self.path), "format": FORMAT})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_safetensors(self.load_state_dict(names), path,
+                                 {"source": str(self.path), "format": FORMAT})
+
+
+class LazyStateDict(Mapping[str, torch.Tensor]):
+    """Layers of an open store, each read and verified at its first access and kept after it
+    (tied names share one tensor). Corruption surfaces as ``ChecksumError`` at that access."""
+
+    def __init__(self, store: WeightStore, names: list[str], verify: bool = True) -> None:
+        self._store, self._names, self._verify = store, list(names), verify
+        self._targets = {name: store._resolve(name) for name in self._names}
+        self._loaded: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self._targets[name]  # KeyError for names not in the mapping
+        if target not in self._loaded:
+            self._loaded[target] = self._store.load(target, self._verify)
+        return self._loaded[target]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @property
+    def loaded(self) -> list[str]:
+        """Stored layers read so far."""
+        return list(self._loaded)
 
 
 @contextlib.contextmanager

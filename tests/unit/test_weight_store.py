@@ -29,6 +29,7 @@ from lhp.errors import UserError
 from lit_models.compression.codecs import DTYPES, tensor_bytes
 from lit_models.compression.quaternion import QuaternionCodec
 from lit_models.compression.store import (
+    READ_SLICE,
     ChecksumError,
     LayerNotFoundError,
     WeightStore,
@@ -171,6 +172,39 @@ def test_flipped_byte_fails_the_checksum_naming_the_chunk(tmp_path: Path) -> Non
             store.verify()
         with pytest.raises(UserError, match="target#1"):
             store.load_state_dict()
+        lazy = store.load_state_dict(lazy=True)  # nothing read yet: detected at first access
+        assert sorted(lazy) == ["good", "target"] and lazy.loaded == []
+        assert torch.equal(lazy["good"], torch.arange(100, dtype=torch.float32))
+        with pytest.raises(ChecksumError, match=r"chunk 'target#1' of layer 'target'"):
+            lazy["target"]
+        assert lazy.loaded == ["good"]
+
+
+def _streamed(store: WeightStore, name: str) -> bytes:
+    """A layer's bytes through the row-by-row cursor path (``iter_chunks``), the reader that
+    ``load`` used before it read BLOBs into the tensor in place."""
+    return b"".join(tensor_bytes(chunk).tobytes() for chunk in store.iter_chunks(name))
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1000, 1 << 20])
+def test_in_place_reader_is_bit_identical_to_the_streamed_chunks(tmp_path: Path, chunk_bytes: int
+                                                                 ) -> None:
+    tensors = _tensors()
+    gen = torch.Generator().manual_seed(1)
+    rows = 300 if chunk_bytes > READ_SLICE else 30  # the large chunks: several read slices each
+    tensors["big"] = torch.randn(rows, 257, generator=gen)
+    tensors["nan_payloads"] = torch.tensor([float("nan"), -0.0, float("inf")]).view(torch.int32
+                                                                                     ).add(7).view(torch.float32)
+    tensors["tied"] = tensors["big"]
+    with WeightStore(tmp_path / "w.db", "a", chunk_bytes=chunk_bytes) as store:
+        store.put_state_dict(tensors)
+    with WeightStore(tmp_path / "w.db", "r", cache_bytes=0) as store:
+        eager, lazy = store.load_state_dict(), store.load_state_dict(lazy=True)
+        assert eager["tied"] is eager["big"] and lazy["tied"] is lazy["big"]
+        for name, t in tensors.items():
+            for got in (eager[name], lazy[name], store.load(name, verify=False)):
+                assert got.dtype == t.dtype and got.shape == t.shape
+                assert tensor_bytes(got).tobytes() == tensor_bytes(t).tobytes() == _streamed(store, name)
 
 
 def test_new_stores_checksum_metadata_and_data_with_xxh3(tmp_path: Path) -> None:
