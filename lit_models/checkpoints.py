@@ -70,7 +70,8 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 
 
 def load_checkpoint(path: str | Path, verify: bool = True, sharded: bool = False) -> dict[str, Any]:
-    """Load a checkpoint (torch.save or SQLite weight store) with ``weights_only=True``.
+    """Load a checkpoint (torch.save or SQLite weight store) with ``weights_only=True``, or a
+    safetensors export directory (``lit_models.exporting.safetensors_dir``) without pickle.
 
     Verifies the weights checksum when the checkpoint carries one. Every failure is a
     ``UserError`` naming the file. A sharded checkpoint directory is refused unless ``sharded``
@@ -90,6 +91,10 @@ def load_checkpoint(path: str | Path, verify: bool = True, sharded: bool = False
             return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
         except Exception as err:  # unpickling errors have many types
             raise UserError(f"cannot load checkpoint {path}: {_short_reason(err)}") from err
+    if path.is_dir() and (path / "config.json").is_file():  # an `lhp export` directory
+        from lit_models.exporting.safetensors_dir import read_export_dir
+
+        return read_export_dir(path)  # safetensors + JSON, no pickle; validated like a checkpoint
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a regular file")
     from lit_models.compression.store import is_weight_store
@@ -245,13 +250,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from lit_models.exporting.safetensors_dir import read_safetensors
 
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"cannot read safetensors file {path}: {err}") from None
+        return read_safetensors(path)[0]  # tied tensors stored once come back under every name
     from lit_models.compression.store import WeightStore, is_weight_store
 
     if is_weight_store(path):
