@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ GLOBAL_BATCH = 32
 def measure(trainer: str, ranks: int, steps: int, warmup: int, out: Path, experiment: str = "smoke",
             global_batch: int = GLOBAL_BATCH, extra: tuple[str, ...] = ()) -> float:
     """Tokens/s (all ranks) of one timed training run in its own processes."""
-    result = out / f"{trainer.split('=')[1]}_{ranks}.json"
+    result = out / f"{trainer.split('=')[1]}_{ranks}_{uuid.uuid4().hex[:8]}.json"  # one per run
     cmd = [sys.executable, "-m", "experiments.train", f"experiment={experiment}", trainer,
            f"trainer.max_steps={steps + warmup}", f"data.batch_size={global_batch // ranks}",
            "logger=csv", f"run_name=bench_{result.stem}", f"paths.log_dir={out / 'logs'}",
