@@ -412,16 +412,10 @@ class WeightStore:
 
         ``put(name, tensor)`` writes one tensor (default: ``self.put``, raw); returns the aliases.
         """
-        seen: dict[tuple, str] = {}
-        aliases = dict(self.aliases)
+        unique, tied = split_tied(state_dict)
+        aliases = {**self.aliases, **tied}
         with self.transaction():
-            for name, tensor in state_dict.items():
-                key = storage_key(tensor)
-                if key is not None and key in seen:
-                    aliases[name] = seen[key]
-                    continue
-                if key is not None:
-                    seen[key] = name
+            for name, tensor in unique.items():
                 (put or self.put)(name, tensor)
             self._set_aliases(aliases)
         return aliases
@@ -868,6 +862,23 @@ def storage_key(t: torch.Tensor) -> tuple | None:
         return None
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
             t.dtype)
+
+
+def split_tied(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(unique, aliases)``: a tensor sharing an earlier one's memory and view (tied weights)
+    becomes ``aliases[name] = first name`` instead of a second copy."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for name, t in tensors.items():
+        key = storage_key(t)
+        if key is not None and key in first:
+            aliases[name] = first[key]
+            continue
+        if key is not None:
+            first[key] = name
+        unique[name] = t
+    return unique, aliases
 
 
 def _frombytes(data: bytes, dtype: torch.dtype) -> torch.Tensor:

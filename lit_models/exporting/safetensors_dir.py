@@ -54,20 +54,11 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
     """
     from safetensors.torch import save_file
 
-    from lit_models.compression.store import storage_key
+    from lit_models.compression.store import split_tied
 
     path = Path(path)
-    unique: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first: dict[Any, str] = {}
-    for name, t in tensors.items():
-        key = storage_key(t)
-        if key is not None and key in first:
-            aliases[name] = first[key]
-            continue
-        if key is not None:
-            first[key] = name
-        unique[name] = t.detach().cpu().contiguous()
+    unique, aliases = split_tied(tensors)
+    unique = {name: t.detach().cpu().contiguous() for name, t in unique.items()}
     meta = dict(metadata or {})
     if aliases:
         meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
