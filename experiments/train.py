@@ -179,7 +179,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if cfg.get("log_checkpoint_artifact") and final:
             _log_checkpoint_artifact(trainer, final)
         _print_summary(metrics, best, trainer)
+    _end_process_group()
     return metrics, objects
+
+
+def _end_process_group() -> None:
+    """Every rank of a multi-process run ends here: release the process group together.
+
+    Left to interpreter exit, gloo's worker threads are destroyed while joinable and a rank can
+    abort ("terminate called without an active exception"), which makes Lightning's launcher
+    kill the run after it finished.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _print_summary(metrics: dict[str, float], best: str, trainer: L.Trainer) -> None:

@@ -44,7 +44,7 @@ PROMPTS = ("The history of the city", "In 1998 , the band", "The game was releas
            "The species is found", "After the season , he")
 TINY = ["experiment=smoke_tiny", "data.block_size=128", "trainer.max_steps=30", "test=false",
         "logger=csv"]
-_GENERATE_LOG = re.compile(r"(\d+) tokens in ([\d.]+) s")
+_GENERATE_LOG = re.compile(r"(\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s")  # rate: not rounded to 0
 
 
 def _free_port() -> int:
@@ -147,7 +147,8 @@ def load_cell(url: str, requests: int, concurrency: int, max_tokens: int, stream
 
 
 class _GenerateFigures(logging.Handler):
-    """Collects ``lhp generate``'s own "N tokens in X s" log lines."""
+    """Collects ``lhp generate``'s own "N tokens in X s (R tokens/s" log lines; the time is
+    N / R (X is rounded to 10 ms, which a fast tiny model undercuts)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -156,8 +157,9 @@ class _GenerateFigures(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         match = _GENERATE_LOG.search(record.getMessage())
         if match:
-            self.tokens += int(match.group(1))
-            self.seconds += float(match.group(2))
+            tokens, rate = int(match.group(1)), float(match.group(2))
+            self.tokens += tokens
+            self.seconds += tokens / rate if rate > 0 else 0.0
 
 
 def versus_generate(url: str, ckpt: Path, rounds: int, max_tokens: int, work: Path) -> dict[str, float]:
