@@ -81,7 +81,11 @@ def test_preemption_requeues_and_resumes_exactly(slurm, tmp_path):
     from lit_models.checkpoints import load_checkpoint
 
     every = 10
-    args = [*TINY, "logger=many", "trainer.max_steps=80", "trainer.log_every_n_steps=1",
+    # steps of ~0.3 s (not smoke_tiny's ~10 ms): on an idle machine the tiny job otherwise ends
+    # before the signal can reach it mid-run
+    heavier = ["model.arch_config.n_layer=4", "model.arch_config.n_embd=128", "data.block_size=64",
+               "data.batch_size=16"]
+    args = [*TINY, *heavier, "logger=many", "trainer.max_steps=80", "trainer.log_every_n_steps=1",
             f"callbacks.last_checkpoint.every_n_train_steps={every}"]
     ref = subprocess.Popen([PY, "-m", "experiments.train", *args,
                             f"hydra.run.dir={tmp_path / 'ref'}"], cwd=REPO, env=ENV,
