@@ -139,3 +139,15 @@ def test_too_many_devices_is_one_clear_error(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: trainer.devices=512"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_sharded_checkpoint_directory_is_refused_in_one_process(tmp_path: Path) -> None:
+    from lhp.errors import UserError
+    from lit_models.checkpoints import load_checkpoint
+
+    shards = tmp_path / "last.ckpt"  # what save_distributed_checkpoint=true writes: a directory
+    shards.mkdir()
+    torch.save({"global_step": 3}, shards / "meta.pt")
+    with pytest.raises(UserError, match="is a sharded directory .* resume it with trainer=fsdp"):
+        load_checkpoint(shards)
+    assert load_checkpoint(shards, sharded=True)["global_step"] == 3  # a multi-process resume
