@@ -54,6 +54,7 @@ import torch
 from rich.progress import track
 
 from experiments import REPO_ROOT
+from experiments.utils import torch_threads
 from lhp.errors import entry_point
 from lit_models.embedder import StatefulEmbedder
 from lit_models.topology import StreamingAnalyzer, compute_persistence
@@ -284,12 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _main(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _main(args: argparse.Namespace) -> dict:

@@ -64,6 +64,7 @@ from datamodules.corpora import wiki_lines
 from datamodules.tokenizers import build_tokenizer
 from experiments import REPO_ROOT
 from experiments.bench import common
+from experiments.utils import torch_threads
 from lhp.errors import UserError, entry_point
 from lit_models.checkpoints import load_net
 from lit_models.hidden_states import block_names, capture
@@ -317,16 +318,11 @@ def train_quick(tmp: Path) -> Path:
 @entry_point
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.quick:
-                args.run = train_quick(Path(tmp))
-                args.points, args.blocks = min(args.points, 300), min(args.blocks, 16)
-            return run(args)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.run = train_quick(Path(tmp))
+            args.points, args.blocks = min(args.points, 300), min(args.blocks, 16)
+        return run(args)
 
 
 def run(args: argparse.Namespace) -> dict:

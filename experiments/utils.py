@@ -91,6 +91,18 @@ def check_targets(cfg: Any, key: str) -> None:
             check_targets(value, f"{key}[{i}]")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (None: unchanged), restoring the count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def available_cpus() -> int:
     """CPU cores this process may use (its affinity; under Slurm the job's cores on the node)."""
     import os
