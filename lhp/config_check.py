@@ -79,6 +79,9 @@ RULES: dict[str, tuple[Check, str]] = {
     "model.scheduler.warmup_steps": int_at_least(0),
     "model.scheduler.min_lr_ratio": number_in(0.0, 1.0),
     "callbacks.token_budget.max_tokens": int_at_least(1, None),
+    "callbacks.token_budget.max_flops": ((lambda v: v is None or (_num(v) and v > 0)),
+                                         "null or a finite number > 0"),
+    "callbacks.token_budget.fit_schedule": ((lambda v: isinstance(v, bool)), "true or false"),
     "seed": int_at_least(0, None),
     "ckpt_path": (_path, "null or a file path"),
     "max_new_tokens": int_at_least(0),  # generate

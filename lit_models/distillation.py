@@ -73,6 +73,15 @@ class _PlatformTeacher(nn.Module):
         return self.net(idx)[0]
 
 
+def teacher_flops_per_token(teacher: nn.Module, seq_len: int, batch_tokens: int) -> float:
+    """The teacher's forward FLOPs per training token (no backward: it runs without gradient):
+    a platform teacher's analytic count, else 2 FLOPs per parameter (the usual dense estimate)."""
+    config = getattr(getattr(teacher, "net", None), "config", None)
+    if config is not None and hasattr(config, "flops_terms"):
+        return float(sum(f for f, _ in config.flops_terms(seq_len, batch_tokens).values()))
+    return 2.0 * sum(p.numel() for p in teacher.parameters())
+
+
 class _HFTeacher(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -218,6 +227,9 @@ class DistillationModel(LanguageModel):
             self._teacher = [load_teacher(spec, self.hparams.arch_config["vocab_size"],
                                           getattr(dm, "tokenizer", None),
                                           getattr(dm, "block_size", None))]
+            if self.flops_per_token:
+                self.flops_per_token += teacher_flops_per_token(
+                    self.teacher, dm.block_size, dm.batch_size * dm.block_size)
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:

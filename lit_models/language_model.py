@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics import SumMetric
 from torchmetrics.text import Perplexity
 
-from lit_models.archs import TeacherSignal, build_arch
+from lit_models.archs import TeacherSignal, build_arch, make_config
 from lit_models.compilation import compile_network, compile_setting
 from lit_models.recipe import TrainingRecipe
 
@@ -82,6 +82,9 @@ class LanguageModel(TrainingRecipe):
                             SumMetric(nan_strategy="disable").set_dtype(torch.float64))
         if stage == "fit" and dm is not None and hasattr(dm, "batch_size") and hasattr(dm, "block_size"):
             self.flops_per_batch = self._measure_flops(dm.batch_size, dm.block_size)
+            self.flops_per_token = make_config(self.hparams.arch, self.hparams.arch_config
+                                               ).training_flops_per_token(
+                dm.block_size, dm.batch_size * dm.block_size)
 
     def _measure_flops(self, batch_size: int, block_size: int) -> int:
         """Training FLOPs of one batch, counted once on the meta device (no compute)."""
@@ -135,6 +138,8 @@ class LanguageModel(TrainingRecipe):
             n_tokens = self.trainer.strategy.reduce(n_tokens.double(), reduce_op="sum")
         self.tokens_seen += int(n_tokens)
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True)
+        if self.flops_per_token:
+            self.log("train/flops", self.training_flops, on_step=True)
         return total
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor], dataloader_idx: int) -> None:

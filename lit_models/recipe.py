@@ -79,6 +79,7 @@ class TrainingRecipe(L.LightningModule):
                 raise UserError(f"model.loss_weights.{key} must be a finite number >= 0, got {weight!r}")
         self.tokens_seen = 0
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
+        self.flops_per_token: float | None = None  # analytic training FLOPs (token architectures)
         self._rng_to_restore: dict | None = None
 
     # ------------------------------------------------------------------ loss
@@ -138,13 +139,24 @@ class TrainingRecipe(L.LightningModule):
         opt_cfg = {**self.OPTIMIZER_DEFAULTS, **self.hparams.optimizer}
         sched_cfg = {**self.SCHEDULER_DEFAULTS, **self.hparams.scheduler}
         optimizer = build_optimizer(self.net, **opt_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.trainer.estimated_stepping_batches
+        for callback in self.trainer.callbacks:  # a budget that ends the schedule (TokenBudget)
+            steps = getattr(callback, "schedule_steps", None)
+            steps = steps(self) if callable(steps) else None
+            if steps is not None:
+                total = min(total, steps)
+        total = int(total)
         warmup = min(int(sched_cfg["warmup_steps"]), max(total - 1, 0))
         schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total,
                            min_lr_ratio=float(sched_cfg["min_lr_ratio"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    @property
+    def training_flops(self) -> float:
+        """Training FLOPs so far: ``tokens_seen x flops_per_token`` (0 when not counted)."""
+        return float(self.tokens_seen * (self.flops_per_token or 0.0))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

@@ -155,6 +155,38 @@ class GPTConfig:
                         self.block_backward_bytes(b, s, elem, device))
         return int(saved), int(transient)
 
+    # ------------------------------------------------------------ compute
+    # Training FLOPs per token, analytic, for equal-compute comparisons (budget.flops, the
+    # compare report's FLOPs axis). Convention: 2 FLOPs per multiply-add of every matmul; the
+    # backward of an op with gradients costs 2x its forward (gradients of input and weight);
+    # attention counts only the (T + 1) / 2 keys a query sees on average under the causal mask.
+    # Biases, LayerNorms, GELU and softmax are left out for the GPT (< 2 % at these widths);
+    # what an architecture adds on top of the GPT is counted, element-wise work included
+    # (1 FLOP per arithmetic or transcendental op), in its own config's ``flops_terms``.
+
+    def flops_terms(self, seq_len: int | None = None, batch_tokens: int = 1
+                    ) -> dict[str, tuple[float, float]]:
+        """``{part: (forward, backward)}`` FLOPs per training token at sequence length
+        ``seq_len`` (default ``block_size``); ``batch_tokens`` (tokens per optimizer step)
+        spreads per-step work over the batch (the PHM layers build their dense weights once a
+        step)."""
+        t = seq_len or self.block_size
+        c, f, n_layer = self.n_embd, self.mlp_hidden, self.n_layer
+        keys = (t + 1) / 2
+        fwd = {
+            "attention_proj": n_layer * 2 * (3 * c * c + c * c),  # qkv and output projection
+            "attention_scores": n_layer * 2 * 2 * c * keys,       # q.k and probs @ v
+            "mlp": n_layer * 2 * 2 * c * f,
+            "head": 2 * c * self.vocab_size,
+        }
+        if self.linear == "phm":  # W = sum_i kron(A_i, S_i): phm_n multiply-adds per weight
+            fwd["phm_weights"] = n_layer * 2 * self.phm_n * (4 * c * c + 2 * c * f) / batch_tokens
+        return {part: (value, 2 * value) for part, value in fwd.items()}
+
+    def training_flops_per_token(self, seq_len: int | None = None, batch_tokens: int = 1) -> float:
+        """Forward + backward FLOPs per training token (the sum of :meth:`flops_terms`)."""
+        return float(sum(f + b for f, b in self.flops_terms(seq_len, batch_tokens).values()))
+
 
 @register("gpt", GPTConfig, shard_unit=Block)
 class GPT(nn.Module):

@@ -100,6 +100,22 @@ class IndraConfig(GPTConfig):
                      + elem * self.vocab_size * self.n_embd)
         return head
 
+    def flops_terms(self, seq_len: int | None = None, batch_tokens: int = 1
+                    ) -> dict[str, tuple[float, float]]:
+        """The GPT's terms (``GPTConfig.flops_terms``) plus Indra's input path, per token: the
+        projector's matmuls 2 d C (complex: two ``d -> C/2`` maps; real: one ``d -> C``, the
+        same count) and, complex only, softplus, cos, sin and two products per complex number
+        (7 C / 2). The tied head scores against every token's projected state, so it projects
+        the whole vocabulary once a step: that path for V rows over ``batch_tokens`` tokens."""
+        terms = super().flops_terms(seq_len, batch_tokens)
+        path = 2 * self.d_model * self.n_embd + (3.5 * self.n_embd if self.projector == "complex"
+                                                   else 0.0)
+        extra = {"projector": path}
+        if self.tie_embeddings:
+            extra["vocab_projection"] = self.vocab_size * path / batch_tokens
+        terms.update({part: (value, 2 * value) for part, value in extra.items()})
+        return terms
+
 
 class QuantumProjector(nn.Module):
     """``h -> (Z as [Re, Im], magnitude M, phase P)`` with ``M = softplus(W_m h + b_m) + eps``.

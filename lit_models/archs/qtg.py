@@ -106,6 +106,38 @@ class QTGConfig(GPTConfig):
             return base
         return base + 8 * b * self.n_head * s * s
 
+    def flops_terms(self, seq_len: int | None = None, batch_tokens: int = 1
+                    ) -> dict[str, tuple[float, float]]:
+        """The GPT's terms (see ``GPTConfig.flops_terms``) plus QTG's, per token:
+
+        * ``qembed``: the normalisation, 3 per dim (square, sum, scale);
+        * ``topo_select`` (no gradient): the (T, T) distance matmul of the causal k-NN search,
+          2 C T (the sort is comparisons, not counted);
+        * ``topo_filter``: mst: normalisation 3C, the neighbourhood Gram matrix 2 M^2 C (M = k + 1
+          points), distances 4 M^2, Prim's k steps over M nodes 4 M^2, sigmoids 8 M, the weighted
+          neighbour mean 2 k C + C; knn_mean: the mean alone;
+        * Fisher-Rao attention (``attention_scores`` counts the GPT's q.k and p.v matmuls, here
+          BC = a.b and p.v) adds ``geo_extra``: per score and head clamp, acos, square, scale
+          (4), and the query/key distributions (log-softmax, square root, KL to uniform: 9 per
+          element of q and k, 18 C).
+        """
+        terms = super().flops_terms(seq_len, batch_tokens)
+        t, c, k = seq_len or self.block_size, self.n_embd, self.topo_k
+        m = k + 1
+        extra: dict[str, float] = {}
+        if self.use_qembed:
+            extra["qembed"] = 3 * c
+        if self.topo_filter != "none":
+            terms["topo_select"] = (3 * c + 2 * c * t, 0.0)
+            mean = 2 * k * c + c
+            extra["topo_filter"] = (mean if self.topo_filter == "knn_mean"
+                                    else mean + 2 * m * m * c + 8 * m * m + 8 * m)
+        if self.attention == "geo":
+            keys = (t + 1) / 2
+            extra["geo_extra"] = self.n_layer * (4 * self.n_head * keys + 18 * c)
+        terms.update({part: (value, 2 * value) for part, value in extra.items()})
+        return terms
+
 
 @register("qtg", QTGConfig, shard_unit=Block)
 class QTG(GPT):

@@ -17,6 +17,7 @@ from experiments.compare import main as compare_main
 from experiments.evaluate import evaluate
 from experiments.generate import generate_text
 from experiments.train import train
+from lit_models.archs import make_config
 from tests.conftest import compose_config
 
 KD = ["experiment=indra_kd_tiny", "logger=csv", "trainer.log_every_n_steps=1"]
@@ -67,6 +68,16 @@ def test_teacher_is_frozen_and_outside_the_student(kd_run: dict, tiny_teacher: P
     original = torch.load(tiny_teacher, weights_only=True)["state_dict"]
     for name, p in teacher.net.state_dict().items():
         assert torch.equal(p, original[f"net.{name}"]), name
+
+
+def test_kd_flops_count_the_teacher_forward(kd_run: dict) -> None:
+    model, dm = kd_run["model"], kd_run["trainer"].datamodule
+    student = make_config(model.hparams.arch, model.hparams.arch_config)
+    seq, batch_tokens = dm.block_size, dm.batch_size * dm.block_size
+    teacher_forward = sum(f for f, _ in model.teacher.net.config.flops_terms(seq, batch_tokens).values())
+    assert teacher_forward > 0
+    assert model.flops_per_token == pytest.approx(
+        student.training_flops_per_token(seq, batch_tokens) + teacher_forward)
 
 
 def test_student_generates_from_its_checkpoint(kd_run: dict, tmp_path: Path) -> None:
