@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.plots import Panel, write_plots
+from analysis.plots import X_SERIES, Panel, runs_without_x, write_plots
 from analysis.runs import (
     METRICS_GLOB,
     SEED_KEY,
-    TOKENS_KEY,
     Group,
     Run,
     differing_keys,
@@ -250,11 +249,11 @@ def write_report(comparison: Comparison, out_dir: Path, panels: Sequence[Panel],
                  title: str | None = None) -> list[Path]:
     """compare.md, compare.csv, the plots and compare.html (the plots inlined) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if x == "tokens":
-        without = [r.name for r in comparison.runs if r.series and TOKENS_KEY not in r.series]
-        if without:
-            comparison.notes.append(f"--x tokens: {len(without)} runs have no {TOKENS_KEY} "
-                                    f"({', '.join(without[:5])}); left out of the curves")
+    without = [r.name for r in runs_without_x(comparison.runs, x)]
+    if without:
+        shown = ", ".join(without[:5]) + (", …" if len(without) > 5 else "")
+        comparison.notes.append(f"--x {x}: {len(without)} runs have no {X_SERIES[x][0]} "
+                                f"({shown}); left out of the curves")
     images = write_plots(table_groups(comparison.table), out_dir, comparison.metrics[0], panels, x=x,
                          band=band, window=window, title=title)
     (out_dir / "compare.md").write_text(markdown_report(comparison) + "\n", encoding="utf-8")

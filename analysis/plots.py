@@ -14,11 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from analysis.runs import SEED_KEY, TOKENS_KEY, Group, Run, differing_keys, mean_std
+from analysis.runs import (
+    FLOPS_KEY,
+    SEED_KEY,
+    TOKENS_KEY,
+    Group,
+    Run,
+    differing_keys,
+    mean_std,
+)
 
 SWEEP_MIN_VALUES = 4  # a numeric key with more distinct values than 3 is a sweep
+LOG_SPAN = 20  # values this many times apart read best on a log axis
 BANDS = ("minmax", "std")
-XAXES = ("step", "tokens")
+XAXES = ("step", "tokens", "flops")
+# x axis -> (the series it is read from, interpolated at each point's step; its label)
+X_SERIES = {"tokens": (TOKENS_KEY, "tokens seen"), "flops": (FLOPS_KEY, "training FLOPs")}
 MAX_LEGEND = 24
 LINESTYLES = ("-", "--", ":", "-.")
 SAFE_NAME = re.compile(r"[^\w.-]")
@@ -63,12 +74,19 @@ def smooth(steps: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _xs(run: Run, steps: np.ndarray, x: str) -> np.ndarray | None:
+    """The x values at ``steps``: the step, or the x series (cumulative, 0 before step 0)
+    linearly interpolated at each step; None if the run does not log that series."""
     if x == "step":
         return steps.astype(float)
-    tokens = run.series.get(TOKENS_KEY)
-    if tokens is None or not tokens[0].size:
+    found = run.series.get(X_SERIES[x][0])
+    if found is None or not found[0].size:
         return None
-    return np.interp(steps, np.insert(tokens[0], 0, -1), np.insert(tokens[1], 0, 0.0))
+    return np.interp(steps, np.insert(found[0], 0, -1), np.insert(found[1], 0, 0.0))
+
+
+def runs_without_x(runs: Sequence[Run], x: str) -> list[Run]:
+    """The runs with metrics but not the series the x axis is read from (left out of curves)."""
+    return [] if x == "step" else [r for r in runs if r.series and X_SERIES[x][0] not in r.series]
 
 
 def curve(runs: Sequence[Run], column: str, x: str = "step", window: int = 0,
@@ -96,6 +114,12 @@ def curve(runs: Sequence[Run], column: str, x: str = "step", window: int = 0,
             spread = np.where(np.isfinite(spread), spread, 0.0)
             return grid, mean, mean - spread, mean + spread
         return grid, mean, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+
+
+def _log_span(values: Sequence[float]) -> bool:
+    """Positive values at least LOG_SPAN times apart (a log axis reads them best)."""
+    positive = [v for v in values if v > 0]
+    return bool(positive) and max(positive) / min(positive) >= LOG_SPAN
 
 
 def _pyplot() -> Any:
@@ -135,6 +159,7 @@ def plot_curves(groups: Sequence[Group], panels: Sequence[Panel], out: Path, *,
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.0 * nrows), squeeze=False)
     colors = _colors(plt, len(groups))
+    ends: list[float] = []  # where each curve ends on the x axis
     for ax, panel in zip(axes.flat, panels, strict=False):
         twin, drawn = None, 0
         for group, color in zip(groups, colors, strict=True):
@@ -143,6 +168,7 @@ def plot_curves(groups: Sequence[Group], panels: Sequence[Panel], out: Path, *,
                 if found is None:
                     continue
                 xs, mean, lo, hi = found
+                ends.append(float(xs[-1]))
                 label = column if len(groups) == 1 else group.label if len(
                     panel.columns) == 1 else f"{group.label}: {column}"
                 dots = column.startswith(("val/", "test/")) and xs.size <= 60
@@ -157,10 +183,11 @@ def plot_curves(groups: Sequence[Group], panels: Sequence[Panel], out: Path, *,
                 twin.plot(found[0], found[1], color=color, alpha=0.4, linewidth=1)
                 twin.set_ylabel(panel.twin)
         ax.set_title(panel.title, fontsize=10)
-        ax.set_xlabel("tokens seen" if x == "tokens" else "step")
+        ax.set_xlabel(X_SERIES[x][1] if x in X_SERIES else "step")
         ax.grid(alpha=0.3)
         if not drawn:
-            ax.text(0.5, 0.5, "not logged in these runs\n(" + ", ".join(panel.columns) + ")",
+            where = f"\n(or without {X_SERIES[x][0]} for the x axis)" if x in X_SERIES else ""
+            ax.text(0.5, 0.5, f"not logged in these runs\n({', '.join(panel.columns)}){where}",
                     ha="center", va="center", transform=ax.transAxes, fontsize=8)
         elif drawn <= MAX_LEGEND:
             ax.legend(fontsize=7)
@@ -169,6 +196,9 @@ def plot_curves(groups: Sequence[Group], panels: Sequence[Panel], out: Path, *,
                     transform=ax.transAxes, fontsize=7)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    if x in X_SERIES and _log_span(ends):  # runs of very different lengths: log x
+        for ax in axes.flat[:len(panels)]:
+            ax.set_xscale("log", nonpositive="mask")
     notes = [f"bands: {'min–max' if band == 'minmax' else '±1 std'} over seeds"
              if any(len(g.runs) > 1 for g in groups) else "",
              f"train curves: {window}-step moving average" if window > 1 else ""]
@@ -229,7 +259,7 @@ def plot_sweep(runs: Sequence[Run], key: str, metric: str, out: Path) -> Path | 
     ax.scatter(*zip(*points, strict=True), color="0.6", s=12, zorder=2, label="runs")
     ax.errorbar(xs, [m for m, _ in stats], yerr=[s or 0.0 for _, s in stats], marker="o",
                 capsize=3, color="C0", zorder=3, label="mean ± std")
-    if xs[0] > 0 and xs[-1] / xs[0] >= 20:
+    if xs[0] > 0 and _log_span(xs):
         ax.set_xscale("log")
     ax.set_xlabel(key)
     ax.set_ylabel(f"best {metric}")
@@ -237,6 +267,18 @@ def plot_sweep(runs: Sequence[Run], key: str, metric: str, out: Path) -> Path | 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(plt, fig, out)
+
+
+def plot_against_flops(groups: Sequence[Group], metric: str, out_dir: Path, *,
+                       band: str = "std", title: str | None = None) -> Path | None:
+    """``metric`` against training FLOPs per group, mean with a band over seeds
+    (``<metric>_flops.png``, e.g. val_bpc_flops.png): equal compute on one axis. None unless
+    some run logs both ``metric`` and train/flops."""
+    if not any({metric, FLOPS_KEY} <= run.series.keys() for g in groups for run in g.runs):
+        return None
+    panel = Panel(f"{metric} against training FLOPs", (metric,))
+    return plot_curves(groups, [panel], out_dir / f"{SAFE_NAME.sub('_', metric)}_flops.png",
+                       x="flops", band=band, title=title)
 
 
 def write_plots(groups: Sequence[Group], out_dir: Path, metric: str, panels: Sequence[Panel], *,

@@ -31,6 +31,7 @@ Series = tuple[np.ndarray, np.ndarray]  # (steps, values), steps ascending
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 METRICS_GLOB = "csv/version_*/metrics.csv"
 TOKENS_KEY = "train/tokens_seen"
+FLOPS_KEY = "train/flops"  # cumulative analytic training FLOPs (tokens seen x FLOPs per token)
 SEED_KEY = "seed"
 # Where a run lives, how it is executed and what it is called, not what it is: never a column.
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "extras.")
@@ -39,6 +40,9 @@ IGNORED_KEYS = frozenset({"ckpt_path", "resume", "task_name", "run_name", "group
 LOCATION_LEAVES = frozenset({"dirpath", "save_dir", "default_root_dir", "output_dir", "log_dir",
                              "data_dir", "mock_path"})
 SKIP_DIRS = frozenset({"wandb", "checkpoints", "csv"})  # never hold runs: not searched
+# A metric whose last name part ends so is better lower (val/bpc, val/word_ppl, val/recon_wrong);
+# others (val/recon_acc) have no "best" in the min sense of Run.best.
+LOWER_IS_BETTER = re.compile(r"(loss|ppl|perplexity|bpc|bpb|nll|wrong|error|err)$")
 
 
 @dataclass
@@ -68,6 +72,11 @@ class Run:
             return None
         finite = series[1][np.isfinite(series[1])]
         return float(finite.min()) if finite.size else math.nan
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether ``metric`` is a loss-like one (its best is its minimum)."""
+    return bool(LOWER_IS_BETTER.search(metric.rsplit("/", 1)[-1]))
 
 
 @dataclass

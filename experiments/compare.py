@@ -3,6 +3,7 @@
     lhp compare logs/train/smoke/*                      # run dirs or globs
     lhp compare logs/study/smoke_seeds                  # a study: every run below it
     lhp compare RUNS --metrics val/loss,val/ppl --group-by model.optimizer.lr --x tokens
+    lhp compare RUNS --metrics val/bpc --x flops        # valid bpc against training FLOPs
     lhp compare RUNS --preset indra                     # the IndraQuantum monitor panels
     lhp compare RUNS --wandb                            # also log it to a W&B run (offline)
 
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="auto (every differing config key but seed), run (no grouping), "
                              "or comma-separated config keys (a unique suffix such as lr works)")
     parser.add_argument("--x", choices=XAXES, default="step",
-                        help="x axis of the curves: step, or tokens (train/tokens_seen)")
+                        help="x axis of the curves: step, tokens (train/tokens_seen) or flops "
+                             "(training FLOPs, train/flops)")
     parser.add_argument("--band", choices=BANDS, default="minmax",
                         help="band over seeds: minmax or std (±1 sample std)")
     parser.add_argument("--smooth", type=int, default=None,

@@ -51,8 +51,16 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.progress import track
 
 from analysis.compare import Column, build_table
-from analysis.plots import default_panels, write_plots
-from analysis.runs import SEED_KEY, Group, differing_keys, load_run, load_series
+from analysis.plots import default_panels, plot_against_flops, runs_without_x, write_plots
+from analysis.runs import FLOPS_KEY as FLOPS_SERIES
+from analysis.runs import (
+    SEED_KEY,
+    Group,
+    differing_keys,
+    load_run,
+    load_series,
+    lower_is_better,
+)
 from analysis.runs import Run as AnalysisRun
 from datamodules.files import write_atomic
 from experiments import CONFIG_DIR, REPO_ROOT, split_passthrough
@@ -60,15 +68,19 @@ from lhp.errors import UserError, entry_point
 
 STUDY_DIR = Path(CONFIG_DIR) / "study"
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
-KEYS = ("name", "description", "experiment", "common", "token_budget", "seeds", "variants",
-        "output_dir")
+KEYS = ("name", "description", "experiment", "common", "token_budget", "budget", "seeds",
+        "variants", "output_dir")
 REQUIRED = ("experiment", "seeds", "variants")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 BUDGET_KEY = "callbacks.token_budget.max_tokens"
+FLOPS_KEY = "callbacks.token_budget.max_flops"
 # Set by the study for every run; an override of these in a study would be silently ambiguous.
 RESERVED = ("seed", "experiment", "group", "tags", "run_name", "job_type", "ckpt_path", "resume",
             "hydra.run.dir")
-EXTRA_COLUMNS = ("params", "tokens_seen", "tokens_per_sec")
+# result.json keys shown after the metrics -> their format (flops: final train/flops, shown
+# when some run logs it)
+EXTRA_COLUMNS = {"params": ",.0f", "tokens_seen": ",.0f", "tokens_per_sec": ",.0f",
+                 "flops": ".3g"}
 LOG_TAIL_LINES = 60
 
 
@@ -88,6 +100,7 @@ class Study:
     output_dir: Path
     file: Path
     extra: list[str] = field(default_factory=list)  # train overrides given after `--`
+    flops_budget: float | None = None  # training FLOPs per run (the architecture's count)
 
     def runs(self) -> list[Run]:
         """Seed-major order: every variant of seed 1, then of seed 2, ..."""
@@ -96,6 +109,8 @@ class Study:
 
     def overrides(self, variant: str, seed: int) -> list[str]:
         budget = [] if self.token_budget is None else [f"{BUDGET_KEY}={self.token_budget}"]
+        if self.flops_budget is not None:
+            budget.append(f"{FLOPS_KEY}={self.flops_budget:g}")
         return [f"experiment={self.experiment}", *self.common, *self.extra, *self.variants[variant],
                 f"seed={seed}", *budget, f"group=study_{self.name}",
                 f"tags=[study,{self.name},{variant}]", f"run_name={self.name}_{variant}",
@@ -169,21 +184,21 @@ def find_study_file(name: str) -> Path:
     return path
 
 
-def _check_overrides(where: str, value: Any, budget_set: bool) -> list[str]:
+def _check_overrides(where: str, value: Any, budget_keys: tuple[str, ...] = ()) -> list[str]:
     """A list of Hydra override strings that leave the keys the study controls alone."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise StudyError(f"{where}: must be a list of Hydra overrides (key=value), got {value!r}")
-    reserved = (*RESERVED, BUDGET_KEY) if budget_set else RESERVED
+    reserved = (*RESERVED, *budget_keys)
     for item in value:
         if not isinstance(item, str) or not ("=" in item or item.startswith("~")):
             raise StudyError(f"{where}: {item!r} is not a Hydra override like "
                              "'model.arch_config.n_layer=4' (quote items containing ': ')")
         key = item.split("=", 1)[0].lstrip("+~")
         if key in reserved:
-            hint = {"seed": "seeds", "experiment": "experiment", BUDGET_KEY: "token_budget",
-                    "hydra.run.dir": "output_dir"}.get(key, "name/variants")
+            hint = {"seed": "seeds", "experiment": "experiment", BUDGET_KEY: "budget.tokens",
+                    FLOPS_KEY: "budget.flops", "hydra.run.dir": "output_dir"}.get(key, "name/variants")
             raise StudyError(f"{where}: {item!r} sets {key!r}, which the study sets for every "
                              f"run (use the study key {hint!r} instead)")
     return list(value)
@@ -227,11 +242,9 @@ def load_study(name: str, overrides: list[str] | tuple[str, ...] = (),
         known = ", ".join(sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml")))
         raise StudyError(f"{file}: key 'experiment': no conf/experiment/{experiment}.yaml; "
                          f"available: {known}")
-    budget = raw.get("token_budget")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                               or budget <= 0):
-        raise StudyError(f"{file}: key 'token_budget': must be a positive int (tokens per run) "
-                         f"or null (the experiment's own stopping), got {budget!r}")
+    budget, flops = _budget(file, raw)
+    budget_keys = (*((BUDGET_KEY,) if budget is not None else ()),
+                   *((FLOPS_KEY,) if flops is not None else ()))
     seeds = raw["seeds"]
     if (not isinstance(seeds, list) or not seeds
             or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)):
@@ -248,9 +261,9 @@ def load_study(name: str, overrides: list[str] | tuple[str, ...] = (),
             raise StudyError(f"{file}: key 'variants': name {vname!r} must match "
                              f"{NAME_RE.pattern} (it becomes a directory, tag and run name)")
         checked[vname] = _check_overrides(f"{file}: key 'variants.{vname}'", vover,
-                                          budget is not None)
-    common = _check_overrides(f"{file}: key 'common'", raw.get("common"), budget is not None)
-    extra = _check_overrides("train overrides after `--`", list(extra), budget is not None)
+                                          budget_keys)
+    common = _check_overrides(f"{file}: key 'common'", raw.get("common"), budget_keys)
+    extra = _check_overrides("train overrides after `--`", list(extra), budget_keys)
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise StudyError(f"{file}: key 'description': must be text, got {description!r}")
@@ -261,7 +274,34 @@ def load_study(name: str, overrides: list[str] | tuple[str, ...] = (),
     output_dir = Path(out).expanduser().resolve() if out else log_dir / "study" / study_name
     return Study(name=study_name, description=description.strip(), experiment=experiment,
                  common=common, token_budget=budget, seeds=list(seeds), variants=checked,
-                 output_dir=output_dir, file=file, extra=extra)
+                 output_dir=output_dir, file=file, extra=extra, flops_budget=flops)
+
+
+def _budget(file: Path, raw: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(tokens, FLOPs) per run from ``budget: {tokens, flops}`` (``token_budget`` is the older
+    spelling of ``budget.tokens``); None: the experiment's own stopping."""
+    spec = raw.get("budget") or {}
+    if not isinstance(spec, dict) or set(spec) - {"tokens", "flops"}:
+        raise StudyError(f"{file}: key 'budget': must be a mapping with 'tokens' and/or 'flops', "
+                         f"got {spec!r}")
+    tokens, flops = spec.get("tokens"), spec.get("flops")
+    if tokens is not None and raw.get("token_budget") is not None:
+        raise StudyError(f"{file}: keys 'token_budget' and 'budget.tokens' are the same budget: "
+                         "set one")
+    tokens = raw.get("token_budget") if tokens is None else tokens
+    key = "token_budget" if raw.get("token_budget") is not None else "budget.tokens"
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
+                               or tokens <= 0):
+        raise StudyError(f"{file}: key '{key}': must be a positive int (tokens per run) "
+                         f"or null (the experiment's own stopping), got {tokens!r}")
+    if isinstance(flops, str):  # 2e13 in YAML 1.1 is a string; 2.0e+13 a float
+        with contextlib.suppress(ValueError):
+            flops = float(flops)
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, int | float)
+                              or not flops > 0 or flops == float("inf")):
+        raise StudyError(f"{file}: key 'budget.flops': must be a positive number (training FLOPs "
+                         f"per run, e.g. 2.0e13) or null, got {flops!r}")
+    return tokens, None if flops is None else float(flops)
 
 
 def check_composes(study: Study) -> None:
@@ -299,6 +339,7 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
     last = {k: float(v[-1]) for k, (_, v) in series.items()
             if k.startswith(("val/", "test/")) and len(v)}
     tokens = series.get("train/tokens_seen")
+    flops = series.get(FLOPS_SERIES)
     throughput = series.get("throughput/train/device_tokens_per_sec")
     params = None
     for hparams in sorted(run_dir.glob("csv/version_*/hparams.yaml")):
@@ -307,7 +348,8 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
     return {"metrics": dict(sorted(last.items())), "params": params,
             "tokens_seen": int(tokens[1][-1]) if tokens is not None and len(tokens[1]) else None,
             "tokens_per_sec": float(throughput[1].mean())
-            if throughput is not None and len(throughput[1]) else None}
+            if throughput is not None and len(throughput[1]) else None,
+            "flops": float(flops[1][-1]) if flops is not None and len(flops[1]) else None}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -446,6 +488,12 @@ def run_one(study: Study, run: Run, tag: str, started: float) -> str:
     return "done"
 
 
+def _budget_text(study: Study) -> str:
+    parts = ([] if study.token_budget is None else [f"{study.token_budget:,} tokens per run"]) + \
+        ([] if study.flops_budget is None else [f"{study.flops_budget:.3g} training FLOPs per run"])
+    return " or ".join(parts) or "experiment's own stopping"
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -453,11 +501,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _begin(study: Study, how: str) -> list[Run]:
     runs = study.runs()
     print(f"study {study.name}: {len(runs)} runs ({len(study.variants)} variants x "
-          f"{len(study.seeds)} seeds) of experiment={study.experiment}, token_budget="
-          f"{study.token_budget} -> {study.output_dir}{how}", flush=True)
+          f"{len(study.seeds)} seeds) of experiment={study.experiment}, budget: "
+          f"{_budget_text(study)} -> {study.output_dir}{how}", flush=True)
     study.output_dir.mkdir(parents=True, exist_ok=True)
     snapshot = {k: getattr(study, k) for k in ("name", "description", "experiment", "common",
-                                               "token_budget", "seeds", "variants")}
+                                               "token_budget", "flops_budget", "seeds",
+                                               "variants")}
     snapshot.update(output_dir=str(study.output_dir), file=str(study.file),
                     extra_train_overrides=study.extra)
     OmegaConf.save(OmegaConf.create(snapshot), study.output_dir / "study.yaml")
@@ -578,7 +627,8 @@ def _metric_order(keys: set[str]) -> list[str]:
 
 def aggregate(study: Study, echo: bool = True) -> str:
     """Write ``summary.md``, ``summary.csv`` (a row per variant) and the plots of ``lhp compare``
-    (curves.png, headline.png, sweep_*.png); returns the markdown table."""
+    (curves.png, headline.png, sweep_*.png, val_bpc_flops.png); returns the markdown table.
+    Best val values and FLOPs come from the runs' CSV logs, so older result.json files get them."""
     by_variant: dict[str, list[AnalysisRun]] = {v: [] for v in study.variants}
     missing: list[str] = []
     notes: list[str] = []
@@ -592,28 +642,45 @@ def aggregate(study: Study, echo: bool = True) -> str:
                   **{k: result[k] for k in EXTRA_COLUMNS if result.get(k) is not None}}
         loaded = load_run(run.dir, f"{run.variant}/seed{run.seed}", notes, values)
         loaded.config.setdefault(SEED_KEY, result.get("seed", run.seed))
+        if "flops" not in values and FLOPS_SERIES in loaded.series:  # an older result.json
+            loaded.values["flops"] = loaded.final(FLOPS_SERIES)
         by_variant[run.variant].append(loaded)
     groups = [Group(variant, runs) for variant, runs in by_variant.items()]
     runs = [r for g in groups for r in g.runs]
     metrics = _metric_order({k for r in runs for k in r.values if k not in EXTRA_COLUMNS})
-    columns = [Column(c.replace("tokens_per_sec", "tokens/s"), c,
-                      lambda r, c=c: r.values.get(c), ",.0f" if c in EXTRA_COLUMNS else None)
-               for c in [*metrics, *EXTRA_COLUMNS]]
+    columns: list[Column] = []
+    for m in metrics:  # the last value; for a loss-like val metric also the run's best
+        columns.append(Column(m, m, lambda r, m=m: r.values.get(m)))
+        if m.startswith("val/") and lower_is_better(m) and any(m in r.series for r in runs):
+            columns.append(Column(f"best {m}", f"{m}_best", lambda r, m=m: r.best(m)))
+    columns += [Column(c.replace("tokens_per_sec", "tokens/s"), c,
+                       lambda r, c=c: r.values.get(c), spec)
+                for c, spec in EXTRA_COLUMNS.items()
+                if c != "flops" or any("flops" in r.values for r in runs)]
     keys = [k for k in differing_keys(runs) if k != SEED_KEY]
     table = build_table(groups, columns, keys, grouped=True, sort=False,
                         label_header="variant", count_header="n_seeds")
     headline = "val/loss" if "val/loss" in metrics or not metrics else metrics[0]
     images = write_plots([g for g in groups if g.runs], study.output_dir, headline,
                          default_panels([headline]), stat="final", title=f"Study {study.name}")
-    budget = "experiment's own stopping" if study.token_budget is None else \
-        f"{study.token_budget:,} tokens per run"
+    flops_image = plot_against_flops([g for g in groups if g.runs], "val/bpc", study.output_dir,
+                                     title=f"Study {study.name}")
+    if flops_image is not None:
+        images.append(flops_image)
+        without = [r.name for r in runs_without_x(runs, "flops")]
+        if without:
+            notes.append(f"{', '.join(without)}: no {FLOPS_SERIES} logged; left out of "
+                         f"{flops_image.name}")
+    budget = _budget_text(study)
     lines = [f"# Study `{study.name}`", "", study.description or "(no description)", "",
              f"- study file: `{study.file}`",
              f"- experiment: `{study.experiment}`; budget: {budget}; "
              f"seeds: {study.seeds}",
              f"- common overrides: `{' '.join(study.common + study.extra) or '(none)'}`",
              f"- written {datetime.now().isoformat(timespec='seconds')}; cells are mean ± "
-             "sample std (ddof=1) over seeds, — where n=1", "",
+             "sample std (ddof=1) over seeds, — where n=1"
+             + ("; `best val/…` is a run's lowest logged value, `val/…` its last"
+                if any(c.header.startswith("best ") for c in columns) else ""), "",
              table.markdown(), ""]
     if missing:
         lines += [f"Missing runs: {', '.join(missing)}", ""]

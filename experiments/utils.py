@@ -223,6 +223,13 @@ def log_hyperparameters(cfg: DictConfig, model: torch.nn.Module, loggers: list[L
         per_node = devices if isinstance(devices, int) and devices > 0 else 1
         hparams["data/tokens_per_step"] = (batch * block * int(trainer_cfg.get("accumulate_grad_batches", 1))
                                            * per_node * int(trainer_cfg.get("num_nodes", 1)))
+        from lit_models.archs import ARCHITECTURES, make_config
+
+        if hasattr(getattr(model, "hparams", None), "arch_config") and \
+                model.hparams.arch in ARCHITECTURES:  # token architectures: analytic FLOPs
+            hparams["model/flops_per_token"] = make_config(
+                model.hparams.arch, model.hparams.arch_config).training_flops_per_token(
+                block, batch * block)
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is not None:
         hparams["data/tokenizer"] = {"kind": tokenizer.to_dict().get("kind"),

@@ -76,6 +76,8 @@ def test_flops_budget_ends_the_run_and_its_schedule(tmp_path):
     assert lrs == pytest.approx([cfg.model.optimizer.lr * warmup_cosine(
         i, sched.warmup_steps, steps, sched.min_lr_ratio) for i in range(steps)])
     assert flops[-1] == pytest.approx(module.training_flops)
+    hparams = next((tmp_path / "run").glob("csv/version_*/hparams.yaml")).read_text()
+    assert f"model/flops_per_token: {per_token}" in hparams  # reported with the run's config
     assert {"val/bpc", "test/bpc"} <= set(metrics)
 
 

@@ -4,6 +4,7 @@ of seeds as mean ± std, every kind of bad input as a note, and the offline W&B 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -13,7 +14,10 @@ import yaml
 from omegaconf import OmegaConf, open_dict
 
 from analysis.compare import compare
+from analysis.plots import curve
 from experiments.compare import main as compare_main
+from experiments.study import main as study_main
+from experiments.study import read_run_metrics
 from experiments.train import train
 from tests.conftest import compose_config
 
@@ -95,6 +99,15 @@ def test_tokens_axis_and_explicit_grouping(runs: Path, tmp_path: Path) -> None:
                          "--metrics", "val/loss,val/ppl"]) == 0
     assert (out / "curves.png").read_bytes()[:8] == PNG
     assert {"val/ppl_best", "val/ppl_final"} <= set(_rows(out / "compare.csv")[0])
+
+
+def test_flops_axis_on_real_runs(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A token model logs train/flops: every run is on the axis, at FLOPs = tokens x a constant."""
+    assert compare_main([str(runs), "--out", str(tmp_path), "--x", "flops"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    for run in compare([runs]).runs:
+        flops, tokens = (curve([run], "val/loss", x=x)[0] for x in ("flops", "tokens"))
+        assert flops.size == 2 and (flops / tokens) == pytest.approx(flops[0] / tokens[0])
 
 
 def test_seeds_of_a_group_give_mean_and_sample_std(tmp_path: Path) -> None:
@@ -197,3 +210,80 @@ def test_wandb_logs_an_offline_run(runs: Path, tmp_path: Path,
     assert len(run_dirs) == 1 and list(run_dirs[0].glob("*.wandb"))
     media = {p.name.split("_")[0] for p in run_dirs[0].rglob("files/media/**/*") if p.is_file()}
     assert {"curves", "headline", "table"} <= {m.split(".")[0] for m in media}, media
+
+
+# --------------------------------------------------------------------------- training FLOPs
+
+# train/flops logged at steps 9, 19, 29 (cumulative); val/bpc between and on those steps
+FLOPS_ROWS = [{"step": 9, "train/flops": 100.0, "train/loss": 3.0},
+              {"step": 14, "val/bpc": 5.0},
+              {"step": 19, "train/flops": 200.0, "train/loss": 2.5},
+              {"step": 29, "train/flops": 300.0, "train/loss": 2.0, "val/bpc": 4.0}]
+
+
+def test_flops_axis_is_train_flops_interpolated_at_each_step(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "new", {"seed": 1}, [{"step": 4, "val/bpc": 6.0}, *FLOPS_ROWS])
+    runs = compare([run], ["val/bpc"]).runs
+    xs, mean, low, high = curve(runs, "val/bpc", x="flops")
+    # step 4: halfway from 0 FLOPs (before step 0) to step 9's; step 14: halfway 9 -> 19
+    assert xs.tolist() == pytest.approx([50.0, 150.0, 300.0])
+    assert mean.tolist() == [6.0, 5.0, 4.0] and low is None and high is None
+    assert curve(runs, "train/loss", x="flops")[0].tolist() == pytest.approx([100, 200, 300])
+
+
+def test_runs_without_train_flops_are_left_off_the_flops_axis_with_a_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    new = _write_run(tmp_path / "new", {"seed": 1}, FLOPS_ROWS)
+    old = _write_run(tmp_path / "old", {"seed": 2},
+                     [{k: v for k, v in row.items() if k != "train/flops"} for row in FLOPS_ROWS])
+    out = tmp_path / "report"
+    assert compare_main([str(new), str(old), "--x", "flops", "--metrics", "val/bpc",
+                         "--group-by", "run", "--out", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: ")]
+    assert warnings == ["warning: --x flops: 1 runs have no train/flops (old); left out of the "
+                        "curves"]
+    assert (out / "curves.png").read_bytes()[:8] == PNG
+    assert {r["run"]: float(r["val/bpc_best"]) for r in _rows(out / "compare.csv")} == {
+        "new": 4.0, "old": 4.0}  # the table keeps the run
+    runs = compare([new, old], ["val/bpc"]).runs
+    xs, mean, low, _ = curve(runs, "val/bpc", x="flops")  # the new run's alone
+    assert xs.tolist() == pytest.approx([150.0, 300.0]) and low is None
+    assert len(curve(runs, "val/bpc", x="step")[0]) == 2 and curve(runs, "val/bpc")[2] is not None
+
+
+def test_study_summary_has_best_val_flops_and_the_flops_image(tmp_path: Path) -> None:
+    """Results written before train/flops was recorded (no "flops" in result.json) still get
+    best val and FLOPs from the runs' CSV logs; a run without train/flops gets a note."""
+    spec = tmp_path / "toy.yaml"
+    spec.write_text("experiment: smoke_tiny\nseeds: [1, 2]\nvariants: {a: [], b: []}\n")
+    out = tmp_path / "out"
+    scale = {("a", 1): 1.0, ("a", 2): 2.0, ("b", 1): 1.0}
+    for (variant, seed), k in scale.items():
+        rows = [{**row, **{c: v * k for c, v in row.items() if c in ("train/flops", "val/bpc")}}
+                for row in FLOPS_ROWS]
+        rows.append({"step": 39, "val/bpc": 4.5 * k})  # the last val is not the best
+        if variant == "b":
+            rows = [{c: v for c, v in row.items() if c != "train/flops"} for row in rows]
+        run = _write_run(out / variant / f"seed{seed}", {"seed": seed}, rows)
+        (run / "result.json").write_text(json.dumps({
+            "seed": seed, "metrics": {"val/bpc": 4.5 * k, "test/bpc": 4.2 * k},
+            "params": 1000, "tokens_seen": 64, "tokens_per_sec": 10.0,
+            "command_str": f"train {variant} {seed}"}))
+    assert read_run_metrics(out / "a" / "seed2")["flops"] == 600.0
+    assert study_main([str(spec), f"output_dir={out}", "--aggregate-only"]) == 0
+    rows = {row["variant"]: row for row in _rows(out / "summary.csv")}
+    assert float(rows["a"]["val/bpc_mean"]) == pytest.approx(4.5 * 1.5)  # the last values
+    assert float(rows["a"]["val/bpc_best_mean"]) == pytest.approx(4.0 * 1.5)
+    assert float(rows["a"]["val/bpc_best_std"]) == pytest.approx(statistics.stdev([4.0, 8.0]))
+    assert float(rows["a"]["flops_mean"]) == pytest.approx(450.0)
+    assert rows["b"]["flops_mean"] == "" and float(rows["b"]["val/bpc_best_mean"]) == 4.0
+    assert "test/bpc_best_mean" not in rows["a"]  # best is a val column only
+    md = (out / "summary.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| variant"))
+    assert header.split(" | ")[2:] == ["val/bpc", "best val/bpc", "test/bpc", "params",
+                                       "tokens_seen", "tokens/s", "flops |"]
+    assert "| a | 2 | 6.7500 ± 3.1820 | 6.0000 ± 2.8284 | " in md and "| 450 ± 212 |" in md
+    assert (out / "val_bpc_flops.png").read_bytes()[:8] == PNG
+    assert "![val_bpc_flops](val_bpc_flops.png)" in md
+    assert "Note: b/seed1: no train/flops logged; left out of val_bpc_flops.png" in md

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lit_models.archs import build_arch, make_config
+from lit_models.archs import ARCHITECTURES, build_arch, make_config
 
 B, T = 3, 8
 SMALL = dict(vocab_size=10, block_size=T, n_layer=2, n_head=2, n_embd=8)
@@ -96,3 +96,13 @@ def test_flops_grow_with_the_sequence_only_through_attention():
     assert {p: v for p, v in short.items() if p != "attention_scores"} == \
         {p: v for p, v in long.items() if p != "attention_scores"}
     assert long["attention_scores"][0] / short["attention_scores"][0] == pytest.approx(65 / 17)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_counts_at_least_its_gpt_backbone(name):
+    values = {**SMALL, "topo_k": 3} if name == "qtg" else SMALL
+    cfg = make_config(name, values)
+    terms = cfg.flops_terms(T, B * T)
+    assert all(f >= 0 and b >= 0 for f, b in terms.values())
+    assert cfg.training_flops_per_token(T, B * T) >= \
+        make_config("gpt", SMALL).training_flops_per_token(T, B * T) > 0
