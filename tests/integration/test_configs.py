@@ -31,6 +31,7 @@ DATA_OVERRIDES = {
     "wikitext_alpaca": [f"data.wiki.path={FIXTURES / 'wikitext_tiny'}", "data.wiki.hub_id=null",
                         f"data.alpaca.paths=[{FIXTURES / 'alpaca_tiny.json'}]",
                         "data.alpaca.hub_id=null", "data.tokenizer.vocab_size=300"],
+    "text_file": [f"data.path={FIXTURES / 'wikitext_tiny' / 'train.txt'}"],
 }
 
 
