@@ -223,3 +223,24 @@ class TokenDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> ResumableDataLoader | list[ResumableDataLoader]:
         return self._eval_loaders("test")
+
+
+class SplitTokenDataModule(TokenDataModule):
+    """A token datamodule whose ``setup`` fills ``self.splits`` with one ``PackedDataset`` per
+    split ("train", "val", "test"): the loaders and the streams count-based baselines read."""
+
+    splits: dict[str, PackedDataset]
+
+    def train_tokens(self) -> torch.Tensor:
+        """The packed training stream (e.g. for count-based baselines)."""
+        return self.splits["train"].tokens
+
+    def val_tokens(self) -> torch.Tensor:
+        """The validation stream as evaluated (for count-based baselines)."""
+        return self.splits["val"].stream()
+
+    def train_dataset(self) -> PackedDataset:
+        return self.splits["train"]
+
+    def eval_datasets(self, stage: str) -> list[PackedDataset]:
+        return [self.splits[stage]]

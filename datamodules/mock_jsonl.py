@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from datamodules.base import PackedDataset, TokenDataModule
+from datamodules.base import PackedDataset, SplitTokenDataModule
 from datamodules.jsonl import format_record, read_jsonl_records, write_mock_corpus
 from datamodules.tokenizers import build_tokenizer
 from lhp.errors import UserError
 
 
-class MockJSONLDataModule(TokenDataModule):
+class MockJSONLDataModule(SplitTokenDataModule):
     """Packed next-token blocks from JSONL records.
 
     Args:
@@ -108,17 +108,3 @@ class MockJSONLDataModule(TokenDataModule):
             ids.append(self.tokenizer.eos_id)
         dtype = torch.int32 if self.tokenizer.vocab_size < 2**31 else torch.int64
         return torch.tensor(ids, dtype=dtype)
-
-    def train_tokens(self) -> torch.Tensor:
-        """The packed training stream (e.g. for count-based baselines)."""
-        return self.splits["train"].tokens
-
-    def val_tokens(self) -> torch.Tensor:
-        """The validation stream as evaluated (for count-based baselines)."""
-        return self.splits["val"].stream()
-
-    def train_dataset(self) -> PackedDataset:
-        return self.splits["train"]
-
-    def eval_datasets(self, stage: str) -> list[PackedDataset]:
-        return [self.splits[stage]]

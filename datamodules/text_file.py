@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from datamodules.base import PackedDataset, TokenDataModule
+from datamodules.base import PackedDataset, SplitTokenDataModule
 from datamodules.tokenizers import build_tokenizer
 from lhp.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
 
-class TextFileDataModule(TokenDataModule):
+class TextFileDataModule(SplitTokenDataModule):
     """Packed next-token blocks of one text file, split by position.
 
     Args:
@@ -88,17 +88,3 @@ class TextFileDataModule(TokenDataModule):
             tokens = torch.tensor(ids, dtype=torch.int32)
             self.splits[name] = PackedDataset(tokens, self.block_size,
                                               None if name == "train" else self.tokenizer.pad_id)
-
-    def train_tokens(self) -> torch.Tensor:
-        """The training stream (for count-based baselines)."""
-        return self.splits["train"].tokens
-
-    def val_tokens(self) -> torch.Tensor:
-        """The validation stream as evaluated (for count-based baselines)."""
-        return self.splits["val"].stream()
-
-    def train_dataset(self) -> PackedDataset:
-        return self.splits["train"]
-
-    def eval_datasets(self, stage: str) -> list[PackedDataset]:
-        return [self.splits[stage]]
