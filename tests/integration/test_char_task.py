@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from callbacks.token_budget import TokenBudget
 from datamodules.text_file import TextFileDataModule
 from experiments.study import StudyError, load_study
 from experiments.train import train
@@ -18,8 +20,7 @@ from lit_models.archs import make_config
 from lit_models.optim import warmup_cosine
 from tests.conftest import compose_config
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "books" / "tinyshakespeare.txt"
-TINY = ["experiment=char_shakespeare_tiny", "logger=csv", f"data.path={SHAKESPEARE}"]
+TINY = ["experiment=char_shakespeare_tiny", "logger=csv"]  # the real file, from ../shared/data
 
 
 def test_file_is_split_by_position_and_fully_evaluated(tmp_path):
@@ -124,3 +125,15 @@ def test_bad_budget_is_refused_before_any_work(tmp_path, override, expected):
     with pytest.raises(UserError) as err:
         check_config(cfg)
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_budget_takes_the_smaller_of_tokens_and_flops():
+    module = SimpleNamespace(flops_per_token=1.0e4, tokens_seen=0)
+    both = TokenBudget(max_tokens=1000, max_flops=5.0e6, fit_schedule=True)
+    both._tokens_per_step = 100
+    assert both.token_limit(module) == 500 and both.schedule_steps(module) == 5
+    assert TokenBudget(max_tokens=300, max_flops=5.0e6).token_limit(module) == 300
+    assert TokenBudget(max_tokens=300).schedule_steps(module) is None  # fit_schedule off
+    assert TokenBudget().token_limit(module) is None
+    with pytest.raises(UserError, match="max_flops must be a positive number"):
+        TokenBudget(max_flops=float("nan"))
